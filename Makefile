@@ -1,0 +1,36 @@
+# The two commands of the README: `make up` runs the system, `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: up test lint typecheck unit bench openapi clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.run-installed
+
+up: $(VENV)/.run-installed
+	$(BIN)/ordermesh up
+
+test: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
+	$(BIN)/pytest
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m bench
+
+openapi: $(VENV)/.dev-installed
+	$(BIN)/ordermesh openapi > docs/openapi.json
+
+clean:
+	rm -rf $(VENV) .ordermesh .pytest_cache .mypy_cache .ruff_cache

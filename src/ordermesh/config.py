@@ -1,0 +1,41 @@
+"""Settings from the environment; every name here is public contract."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEV_JWT_SECRET = "ordermesh-development-secret-change-me"  # noqa: S105 - announced as such by `up`
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = field(default_factory=lambda: Path(".ordermesh"))
+    database_url: str = ""
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_issuer: str = "ordermesh"
+    jwt_audience: str = "ordermesh-api"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    snapshot_every: int = 100
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'orders.db').resolve()}"
+
+    @property
+    def uses_dev_secret(self) -> bool:
+        return self.jwt_secret == DEV_JWT_SECRET
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = dict(os.environ if env is None else env)
+        return cls(
+            data_dir=Path(e.get("ORDERMESH_DATA_DIR", ".ordermesh")),
+            database_url=e.get("ORDERMESH_DATABASE_URL", ""),
+            jwt_secret=e.get("ORDERMESH_JWT_SECRET") or DEV_JWT_SECRET,
+            http_host=e.get("ORDERMESH_HTTP_HOST", "127.0.0.1"),
+            http_port=int(e.get("ORDERMESH_HTTP_PORT", "8000")),
+            snapshot_every=int(e.get("ORDERMESH_SNAPSHOT_EVERY", "100")),
+        )

@@ -1,0 +1,89 @@
+"""PostgreSQL adapter over an asyncpg pool, with LISTEN for cross-process wake-ups."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import asyncpg
+
+from ordermesh.db.port import Row, Tx
+from ordermesh.errors import InfrastructureError
+
+
+class _Conn:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return list(await self._conn.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        row: Row | None = await self._conn.fetchrow(sql, *args)
+        return row
+
+
+class PostgresDb:
+    dialect: Literal["postgres"] = "postgres"
+
+    def __init__(self, url: str, pool: asyncpg.Pool) -> None:
+        self.url = url
+        self._pool = pool
+        self._listener: asyncpg.Connection | None = None
+
+    @classmethod
+    async def open(cls, url: str, min_size: int = 2, max_size: int = 10) -> PostgresDb:
+        try:
+            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise InfrastructureError(f"cannot connect to PostgreSQL at {url}: {exc}") from exc
+        return cls(url, pool)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._pool.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._pool.executemany(sql, rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return list(await self._pool.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        row: Row | None = await self._pool.fetchrow(sql, *args)
+        return row
+
+    async def write_fetch(self, sql: str, *args: Any) -> list[Row]:
+        return list(await self._pool.fetch(sql, *args))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield _Conn(conn)
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` for every NOTIFY on ``channel`` (one dedicated connection)."""
+        if self._listener is None:
+            self._listener = await asyncpg.connect(self.url)
+
+        def on_notify(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            callback(payload)
+
+        await self._listener.add_listener(channel, on_notify)
+
+    async def ping(self) -> None:
+        try:
+            await self._pool.fetchval("SELECT 1", timeout=2)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise InfrastructureError(f"PostgreSQL at {self.url}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+        await self._pool.close()

@@ -1,0 +1,117 @@
+"""SQLite adapter: WAL, one writer connection behind a lock, a separate reader connection.
+
+SQLite allows one writer at a time; funnelling every write of this process through one
+connection (and a lock for multi-statement transactions) turns "database is locked" into an
+orderly queue. Readers use their own connection, so under WAL they never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import aiosqlite
+
+from ordermesh.db.port import Row, Tx
+from ordermesh.errors import InfrastructureError
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+@lru_cache(maxsize=512)
+def _sql(sql: str) -> str:
+    # SQLite understands numbered ?NNN parameters; PostgreSQL-style $N maps onto them 1:1.
+    return _PLACEHOLDER.sub(r"?\1", sql)
+
+
+class _Conn:
+    """Statement helpers over one aiosqlite connection."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(_sql(sql), args)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(_sql(sql), rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return list(await self._conn.execute_fetchall(_sql(sql), args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        rows = await self._conn.execute_fetchall(_sql(sql), args)
+        for row in rows:
+            return row  # type: ignore[no-any-return]
+        return None
+
+
+class SqliteDb:
+    dialect: Literal["sqlite"] = "sqlite"
+
+    def __init__(self, path: str, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self._writer = _Conn(writer)
+        self._reader = _Conn(reader)
+        self._raw = (writer, reader)
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str, synchronous: str = "NORMAL") -> SqliteDb:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conns = []
+        for _ in range(2):
+            conn = await aiosqlite.connect(path, isolation_level=None)
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute(f"PRAGMA synchronous={synchronous}")
+            await conn.execute("PRAGMA busy_timeout=10000")
+            await conn.execute("PRAGMA foreign_keys=ON")
+            conns.append(conn)
+        return cls(path, conns[0], conns[1])
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        async with self._lock:
+            await self._writer.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with self._lock:
+            await self._writer.executemany(sql, rows)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return await self._reader.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        return await self._reader.fetchrow(sql, *args)
+
+    async def write_fetch(self, sql: str, *args: Any) -> list[Row]:
+        """A single writing statement whose RETURNING rows are wanted (autocommit, atomic)."""
+        async with self._lock:
+            return await self._writer.fetch(sql, *args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with self._lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+
+    async def ping(self) -> None:
+        try:
+            await self._reader.fetchrow("SELECT 1")
+        except (sqlite3.Error, ValueError) as exc:
+            raise InfrastructureError(f"sqlite {self.path}: {exc}") from exc
+
+    async def close(self) -> None:
+        for conn in self._raw:
+            await conn.close()

@@ -1,0 +1,60 @@
+"""What goes into an event store and what comes out of it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# `expected_version` for a stream that must not exist yet.
+NO_STREAM = 0
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append. ``data`` must be JSON-serialisable."""
+
+    type: str
+    data: Mapping[str, Any]
+    schema_version: int = 1
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    event_id: str = field(default_factory=new_event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as recorded: ``version`` counts within its stream from 1, ``position`` counts
+    across the whole store from 1, gap-free and in commit order."""
+
+    position: int
+    stream_id: str
+    version: int
+    type: str
+    schema_version: int
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    event_id: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """The stream's new version and the global position of the last appended event."""
+
+    version: int
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    stream_id: str
+    version: int
+    type: str
+    state: dict[str, Any]
+    taken_at: datetime
