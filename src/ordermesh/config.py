@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEV_JWT_SECRET = "ordermesh-development-secret-change-me"  # noqa: S105 - announced as such by `up`
+DEV_JWT_SECRET = "ordermesh-development-secret-change-me"
 
 
 @dataclass(frozen=True, slots=True)

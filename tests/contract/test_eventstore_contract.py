@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import pytest
 
+from ordermesh.clock import SystemClock
 from ordermesh.errors import ConcurrencyConflict
 from ordermesh.eventstore import NO_STREAM, EventStore, NewEvent, Snapshot, open_event_store
-from ordermesh.clock import SystemClock
 
 
 @pytest.fixture
@@ -48,9 +48,7 @@ async def test_stale_expected_version_conflicts_and_writes_nothing(store: EventS
 
 async def test_concurrent_appends_to_one_stream_let_exactly_one_win(store: EventStore) -> None:
     await store.append("s", [ev(0)], NO_STREAM)
-    results = await asyncio.gather(
-        *(store.append("s", [ev(i)], 1) for i in range(8)), return_exceptions=True
-    )
+    results = await asyncio.gather(*(store.append("s", [ev(i)], 1) for i in range(8)), return_exceptions=True)
     wins = [r for r in results if not isinstance(r, BaseException)]
     assert len(wins) == 1
     assert all(isinstance(r, ConcurrencyConflict) for r in results if r not in wins)

@@ -23,7 +23,6 @@ async def connect(url: str) -> SqlDb:
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://…")
 
 
-
 async def migrate(db: SqlDb, statements: dict[str, list[str]]) -> None:
     """Run idempotent DDL for ``db.dialect`` in one transaction.
 

@@ -7,7 +7,15 @@ from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
-Row = Sequence[Any]
+
+class Row(Protocol):
+    """A result row: tuples (SQLite) and asyncpg Records both index by column number."""
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+
 Dialect = Literal["sqlite", "postgres"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -54,6 +62,8 @@ def ts_param(dialect: Dialect, value: datetime) -> Any:
 
 def ts_value(dialect: Dialect, raw: Any) -> datetime:
     if dialect == "sqlite":
-        return _EPOCH + raw * _MICROSECOND
-    assert isinstance(raw, datetime)
-    return raw
+        return _EPOCH + int(raw) * _MICROSECOND
+    if not isinstance(raw, datetime):
+        raise TypeError(f"expected a timestamp from PostgreSQL, got {type(raw).__name__}")
+    stamp: datetime = raw
+    return stamp

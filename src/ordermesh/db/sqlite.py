@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiosqlite
 
-from ordermesh.db.port import Row, Tx
+from ordermesh.db.port import Dialect, Row, Tx
 from ordermesh.errors import InfrastructureError
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
@@ -48,12 +48,12 @@ class _Conn:
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         rows = await self._conn.execute_fetchall(_sql(sql), args)
         for row in rows:
-            return row  # type: ignore[no-any-return]
+            return row
         return None
 
 
 class SqliteDb:
-    dialect: Literal["sqlite"] = "sqlite"
+    dialect: Dialect = "sqlite"
 
     def __init__(self, path: str, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
         self.path = path

@@ -20,9 +20,7 @@ class MemoryEventStore:
         self._snapshots: dict[str, Snapshot] = {}
         self._signal = HeadSignal()
 
-    async def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
-    ) -> AppendResult:
+    async def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: int) -> AppendResult:
         stream = self._streams.get(stream_id, [])
         if len(stream) != expected_version:
             raise ConcurrencyConflict(stream_id, expected_version, len(stream))
@@ -40,7 +38,7 @@ class MemoryEventStore:
                 data=copy.deepcopy(dict(e.data)),
                 metadata=copy.deepcopy(dict(e.metadata)),
                 event_id=e.event_id,
-                occurred_at=now,
+                occurred_at=e.occurred_at or now,
             )
             for i, e in enumerate(events, start=1)
         ]

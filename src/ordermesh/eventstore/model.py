@@ -25,6 +25,8 @@ class NewEvent:
     schema_version: int = 1
     metadata: Mapping[str, Any] = field(default_factory=dict)
     event_id: str = field(default_factory=new_event_id)
+    # When the change happened, as the domain saw it; the store's clock when left out.
+    occurred_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,7 @@ from ordermesh.eventstore.model import AppendResult, NewEvent, Snapshot, StoredE
 
 
 class EventStore(Protocol):
-    async def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
-    ) -> AppendResult:
+    async def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: int) -> AppendResult:
         """Append atomically after ``expected_version`` (``NO_STREAM`` for a new stream).
 
         Raises ``ConcurrencyConflict`` when the stream's version is not ``expected_version``.

@@ -38,9 +38,9 @@ head AS (
 )
 INSERT INTO events (stream_id, version, position, event_id, type, schema_version, data, metadata, occurred_at)
 SELECT $1, $2 + e.ord, head.position - $3 + e.ord, e.event_id, e.type, e.schema_version,
-       e.data::jsonb, e.metadata::jsonb, $4
-FROM head, unnest($5::text[], $6::text[], $7::int[], $8::text[], $9::text[])
-     WITH ORDINALITY AS e(event_id, type, schema_version, data, metadata, ord)
+       e.data::jsonb, e.metadata::jsonb, e.occurred_at
+FROM head, unnest($4::timestamptz[], $5::text[], $6::text[], $7::int[], $8::text[], $9::text[])
+     WITH ORDINALITY AS e(occurred_at, event_id, type, schema_version, data, metadata, ord)
 RETURNING position
 """
 
@@ -48,8 +48,8 @@ _APPEND_SQLITE = """
 INSERT INTO events (stream_id, version, position, event_id, type, schema_version, data, metadata, occurred_at)
 SELECT $1, $2 + e.key + 1, (SELECT coalesce(max(position), 0) FROM events) + e.key + 1,
        json_extract(e.value, '$[0]'), json_extract(e.value, '$[1]'), json_extract(e.value, '$[2]'),
-       json_extract(e.value, '$[3]'), json_extract(e.value, '$[4]'), $3
-FROM json_each($4) AS e
+       json_extract(e.value, '$[3]'), json_extract(e.value, '$[4]'), json_extract(e.value, '$[5]')
+FROM json_each($3) AS e
 WHERE (SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1) = $2
 RETURNING position
 """
@@ -86,15 +86,14 @@ class SqlEventStore:
         if notified_schema == self._schema and position.isdigit():
             self._signal.advance(int(position))
 
-    async def append(
-        self, stream_id: str, events: Sequence[NewEvent], expected_version: int
-    ) -> AppendResult:
+    async def append(self, stream_id: str, events: Sequence[NewEvent], expected_version: int) -> AppendResult:
         if not events:
             actual = await self.stream_version(stream_id)
             if actual != expected_version:
                 raise ConcurrencyConflict(stream_id, expected_version, actual)
             return AppendResult(actual, await self.head_position())
-        now = ts_param(self._dialect, self._clock.now())
+        now = self._clock.now()
+        stamps = [ts_param(self._dialect, e.occurred_at or now) for e in events]
         try:
             if self._dialect == "postgres":
                 rows = await self.db.write_fetch(
@@ -102,7 +101,7 @@ class SqlEventStore:
                     stream_id,
                     expected_version,
                     len(events),
-                    now,
+                    stamps,
                     [e.event_id for e in events],
                     [e.type for e in events],
                     [e.schema_version for e in events],
@@ -111,9 +110,12 @@ class SqlEventStore:
                 )
             else:
                 payload = _dumps(
-                    [[e.event_id, e.type, e.schema_version, e.data, e.metadata] for e in events]
+                    [
+                        [e.event_id, e.type, e.schema_version, e.data, e.metadata, stamp]
+                        for e, stamp in zip(events, stamps, strict=True)
+                    ]
                 )
-                rows = await self.db.write_fetch(_APPEND_SQLITE, stream_id, expected_version, now, payload)
+                rows = await self.db.write_fetch(_APPEND_SQLITE, stream_id, expected_version, payload)
         except Exception as exc:
             if _is_unique_violation(exc):
                 raise ConcurrencyConflict(stream_id, expected_version) from exc
@@ -194,7 +196,14 @@ class SqlEventStore:
 
     def _event(self, r: Row) -> StoredEvent:
         return StoredEvent(
-            r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5]), orjson.loads(r[6]), r[7],
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            orjson.loads(r[5]),
+            orjson.loads(r[6]),
+            r[7],
             ts_value(self._dialect, r[8]),
         )
 

@@ -1,0 +1,1 @@
+"""HTTP edge: FastAPI app factory, auth, errors, idempotency, metrics."""

@@ -1,0 +1,83 @@
+"""Bearer JWTs: HS256 only (the algorithm is pinned, never read from the token), with issuer,
+audience and expiry checked. Shared by REST and (later) gRPC."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from datetime import timedelta
+from typing import Any
+
+import jwt
+
+from ordermesh.clock import Clock, SystemClock
+from ordermesh.config import Settings
+from ordermesh.errors import Unauthenticated, ValidationError
+
+ALGORITHM = "HS256"
+USER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+
+
+def check_user_id(user_id: str) -> str:
+    if not USER_ID.fullmatch(user_id):
+        raise ValidationError(f"invalid user id {user_id!r}: 1 to 128 letters, digits or . _ : @ -")
+    return user_id
+
+
+class Tokens:
+    """Issues and verifies tokens. Verified tokens are cached (expiry still checked on every
+    use): signature checks cost more than the rest of a cached read."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None, cache_size: int = 4096) -> None:
+        self._secret = settings.jwt_secret
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._clock = clock or SystemClock()
+        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._cache_size = cache_size
+
+    def issue(self, user_id: str, ttl: timedelta = timedelta(hours=12), **claims: Any) -> str:
+        check_user_id(user_id)
+        now = self._clock.now()
+        payload = {
+            "sub": user_id,
+            "iss": self._issuer,
+            "aud": self._audience,
+            "iat": int(now.timestamp()),
+            "exp": int((now + ttl).timestamp()),
+            **claims,
+        }
+        return jwt.encode(payload, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str) -> str:
+        """The token's subject (the user id), or ``Unauthenticated`` saying what is wrong."""
+        now = self._clock.now().timestamp()
+        hit = self._cache.get(token)
+        if hit is not None:
+            subject, exp = hit
+            if now < exp:
+                return subject
+            del self._cache[token]
+            raise Unauthenticated("token expired")
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "iss", "aud", "sub"], "verify_exp": False},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from exc
+        # Expiry against our clock (injectable), not the library's wall clock.
+        exp = float(claims["exp"])
+        if now >= exp:
+            raise Unauthenticated("token expired")
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not USER_ID.fullmatch(subject):
+            raise Unauthenticated("invalid token: bad subject")
+        self._cache[token] = (subject, exp)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return subject

@@ -1,0 +1,1 @@
+"""CQRS read models: documents kept by projections, each batch committed with its checkpoint."""

@@ -1,0 +1,47 @@
+"""The order service's HTTP app: shared edge + order routes, wired from settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ordermesh.clock import Clock
+from ordermesh.config import Settings
+from ordermesh.http.app import create_app
+from ordermesh.http.auth import Tokens
+from ordermesh.services.orders.rest import router
+from ordermesh.services.orders.runtime import OrderSystem, build_order_system
+
+
+def create_order_app(
+    settings: Settings, system: OrderSystem | None = None, clock: Clock | None = None
+) -> FastAPI:
+    """With ``system`` the caller owns its lifecycle (tests); without, the app builds and closes
+    one from ``settings`` in its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if system is not None:
+            app.state.system = system
+            yield
+            return
+        built = await build_order_system(settings.effective_database_url, clock, settings.snapshot_every)
+        await built.start()
+        app.state.system = built
+        try:
+            yield
+        finally:
+            await built.close()
+
+    async def ready(app: FastAPI) -> None:
+        owned: OrderSystem = app.state.system
+        await owned.ready()
+
+    app = create_app("ordermesh orders", ready, lifespan)
+    app.state.tokens = Tokens(settings, clock)
+    if system is not None:
+        app.state.system = system
+    app.include_router(router)
+    return app

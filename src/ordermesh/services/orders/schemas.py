@@ -1,0 +1,77 @@
+"""The REST contract of the order service (pydantic models at the edge only)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ordermesh.services.orders.domain import (
+    EMAIL_PATTERN,
+    MAX_ITEMS,
+    MAX_QUANTITY,
+    MAX_UNIT_PRICE,
+    SKU_PATTERN,
+)
+
+ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+
+Sku = Annotated[str, Field(pattern=SKU_PATTERN, examples=["SKU-1"])]
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    sku: Sku
+    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+    unit_price: Annotated[int, Field(ge=1, le=MAX_UNIT_PRICE, description="minor units, e.g. cents")]
+
+
+class CreateOrder(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    user_email: Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254, examples=["ada@example.com"])]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
+    items: Annotated[list[ItemIn], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+class Item(BaseModel):
+    sku: str
+    quantity: int
+    unit_price: int
+
+
+class Order(BaseModel):
+    id: str
+    user_id: str
+    user_email: str
+    items: list[Item]
+    currency: str
+    total: int
+    status: Literal["pending", "paid", "stock_reserved", "shipped", "cancelled"]
+    created_at: datetime | None
+    updated_at: datetime | None
+    version: int
+    payment_id: str | None
+    reservation_id: str | None
+    stock_released: bool
+    refunded_amount: int
+    tracking_id: str | None
+    cancel_reason: str | None
+    failure_reason: str | None
+
+
+class OrderList(BaseModel):
+    orders: list[Order]
+
+
+class OrderEvent(BaseModel):
+    type: str
+    version: int
+    position: int
+    occurred_at: datetime
+    schema_version: int
+    data: dict[str, object]
+
+
+class OrderHistory(BaseModel):
+    events: list[OrderEvent]

@@ -1,0 +1,122 @@
+"""The order service's use cases: commands on the aggregate, queries on the read models.
+
+Transports (REST, gRPC, CLI) call these with plain Python values and an authenticated user id;
+every refusal is an ``OrdermeshError``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ordermesh.clock import Clock, SystemClock
+from ordermesh.errors import ConcurrencyConflict, NotFound, PermissionDenied
+from ordermesh.eventstore.aggregate import Repository
+from ordermesh.eventstore.model import NO_STREAM
+from ordermesh.readmodel.port import DocStore
+from ordermesh.readmodel.projection import Projector
+from ordermesh.services.orders.domain import OrderAggregate
+from ordermesh.services.orders.events import OrderLine
+from ordermesh.services.orders.projections import ORDER_DETAIL, USER_ORDERS, user_key
+
+EMPTY_LIST = b'{"orders":[]}'
+# How long a command waits for the read models to show its own write before answering anyway.
+READ_YOUR_WRITES_TIMEOUT = 2.0
+
+
+class OrderService:
+    def __init__(
+        self,
+        repository: Repository[OrderAggregate],
+        docs: DocStore,
+        projectors: Sequence[Projector],
+        clock: Clock | None = None,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.repository = repository
+        self.docs = docs
+        self.projectors = list(projectors)
+        self.clock = clock or SystemClock()
+        self._new_id = new_id
+
+    async def create_order(
+        self, user_id: str, user_email: str, currency: str, items: Sequence[OrderLine]
+    ) -> dict[str, Any]:
+        order = OrderAggregate.create(self._new_id(), user_id, user_email, currency, items, self.clock.now())
+        result = await self.repository.save(order)
+        await self._await_projections(result.position)
+        return order.to_snapshot()
+
+    async def _await_projections(self, position: int) -> None:
+        for projector in self.projectors:
+            await projector.wait_until(position, READ_YOUR_WRITES_TIMEOUT)
+
+    async def get_order(self, order_id: str, requester: str) -> dict[str, Any]:
+        raw = await self.docs.get(ORDER_DETAIL, order_id)
+        if raw is None:
+            raise NotFound(f"order {order_id} not found")
+        doc: dict[str, Any] = orjson.loads(raw)
+        _check_owner(doc, order_id, requester)
+        return doc
+
+    async def get_order_at(
+        self, order_id: str, requester: str, *, version: int | None = None, as_of: datetime | None = None
+    ) -> dict[str, Any]:
+        order = await self.repository.load(order_id, version=version, as_of=as_of)
+        doc = order.to_snapshot()
+        _check_owner(doc, order_id, requester)
+        if version is not None and order.version < version:
+            raise NotFound(f"order {order_id} has no version {version}; its latest is {order.version}")
+        return doc
+
+    async def history(self, order_id: str, requester: str) -> list[dict[str, Any]]:
+        stream = await self.repository.store.read_stream(self.repository.stream_id(order_id))
+        if not stream:
+            raise NotFound(f"order {order_id} not found")
+        first = self.repository.codec.decode(stream[0])
+        _check_owner({"user_id": getattr(first, "user_id", None)}, order_id, requester)
+        out = []
+        for e in stream:
+            schema_version, data = self.repository.codec.upcast_data(e)
+            out.append(
+                {
+                    "type": e.type,
+                    "version": e.version,
+                    "position": e.position,
+                    "occurred_at": e.occurred_at.isoformat().replace("+00:00", "Z"),
+                    "schema_version": schema_version,
+                    "data": data,
+                }
+            )
+        return out
+
+    async def user_orders_json(self, user_id: str, requester: str) -> bytes:
+        """The user's order list as the exact JSON body ``{"orders": [...]}``."""
+        if user_id != requester:
+            raise PermissionDenied("you may only list your own orders")
+        return await self.docs.get(USER_ORDERS, user_key(user_id)) or EMPTY_LIST
+
+    async def change(
+        self, order_id: str, command: Callable[[OrderAggregate, datetime], None]
+    ) -> dict[str, Any]:
+        """Run a lifecycle command (used by sagas), retrying once per concurrent writer."""
+        for _ in range(5):
+            order = await self.repository.load(order_id)
+            command(order, self.clock.now())
+            try:
+                result = await self.repository.save(order)
+            except ConcurrencyConflict:
+                continue
+            await self._await_projections(result.position)
+            return order.to_snapshot()
+        raise ConcurrencyConflict(self.repository.stream_id(order_id), NO_STREAM)
+
+
+def _check_owner(doc: dict[str, Any], order_id: str, requester: str) -> None:
+    # Someone else's order is "not found": its existence is not the requester's business.
+    if doc.get("user_id") != requester:
+        raise NotFound(f"order {order_id} not found")

@@ -1,0 +1,87 @@
+"""Test helpers: run the real app on a real socket inside the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import uvicorn
+from fastapi import FastAPI
+
+from ordermesh.clock import Clock
+from ordermesh.config import Settings
+from ordermesh.http.auth import Tokens
+from ordermesh.services.orders.app import create_order_app
+from ordermesh.services.orders.runtime import OrderSystem, build_order_system
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@dataclass
+class Api:
+    url: str
+    http: aiohttp.ClientSession
+    tokens: Tokens
+    system: OrderSystem
+
+    def auth(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens.issue(user)}"}
+
+    async def call(self, method: str, path: str, user: str | None = "alice", **kw: Any) -> tuple[int, Any]:
+        headers = {**(self.auth(user) if user else {}), **kw.pop("headers", {})}
+        async with self.http.request(method, self.url + path, headers=headers, **kw) as r:
+            body = await r.read()
+            return r.status, (await r.json(content_type=None)) if body else None
+
+
+@asynccontextmanager
+async def running_api(database_url: str, clock: Clock | None = None) -> AsyncIterator[Api]:
+    settings = Settings(database_url=database_url)
+    system = await build_order_system(database_url, clock)
+    await system.start()
+    app = create_order_app(settings, system, clock)
+    try:
+        async with serve(app) as url, aiohttp.ClientSession() as http:
+            yield Api(url, http, app.state.tokens, system)
+    finally:
+        await system.close()
+
+
+def order_body(email: str = "alice@example.com", **over: Any) -> dict[str, Any]:
+    body = {
+        "user_email": email,
+        "currency": "EUR",
+        "items": [
+            {"sku": "SKU-1", "quantity": 2, "unit_price": 1250},
+            {"sku": "SKU-2", "quantity": 1, "unit_price": 99},
+        ],
+    }
+    body.update(over)
+    return body
