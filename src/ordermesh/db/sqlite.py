@@ -3,6 +3,11 @@
 SQLite allows one writer at a time; funnelling every write of this process through one
 connection (and a lock for multi-statement transactions) turns "database is locked" into an
 orderly queue. Readers use their own connection, so under WAL they never wait for the writer.
+
+Single statements do not take the lock unless a transaction holds it: aiosqlite runs a
+connection's calls one at a time in submission order, so a statement queued while no transaction
+is open runs before any later ``BEGIN``, never inside it, and concurrent appends queue up in the
+writer thread back to back instead of waiting for one another's round trip to the event loop.
 """
 
 from __future__ import annotations
@@ -77,12 +82,18 @@ class SqliteDb:
         return cls(path, conns[0], conns[1])
 
     async def execute(self, sql: str, *args: Any) -> None:
-        async with self._lock:
-            await self._writer.execute(sql, *args)
+        if self._lock.locked():  # a transaction owns the writer: wait for it (see module doc)
+            async with self._lock:
+                await self._writer.execute(sql, *args)
+                return
+        await self._writer.execute(sql, *args)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        async with self._lock:
-            await self._writer.executemany(sql, rows)
+        if self._lock.locked():
+            async with self._lock:
+                await self._writer.executemany(sql, rows)
+                return
+        await self._writer.executemany(sql, rows)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         return await self._reader.fetch(sql, *args)
@@ -92,8 +103,10 @@ class SqliteDb:
 
     async def write_fetch(self, sql: str, *args: Any) -> list[Row]:
         """A single writing statement whose RETURNING rows are wanted (autocommit, atomic)."""
-        async with self._lock:
-            return await self._writer.fetch(sql, *args)
+        if self._lock.locked():
+            async with self._lock:
+                return await self._writer.fetch(sql, *args)
+        return await self._writer.fetch(sql, *args)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:

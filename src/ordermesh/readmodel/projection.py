@@ -71,6 +71,7 @@ class Projector:
         self.page_size = page_size
         self.position = 0
         self._moved = asyncio.Event()
+        self._running = False
         self.failures = 0
 
     @property
@@ -113,6 +114,7 @@ class Projector:
         """Follow the store until ``stop`` is set. A failing page is retried with backoff (and
         counted in ``failures``) rather than skipped: a read model must not silently drift."""
         backoff = 0.05
+        self._running = True
         while not stop.is_set():
             try:
                 if await self.step() == 0:
@@ -125,7 +127,12 @@ class Projector:
                 backoff = min(backoff * 2, 5.0)
 
     async def wait_until(self, position: int, timeout: float) -> bool:
-        """Wait until this projector has applied ``position`` (read-your-writes for the API)."""
+        """Wait until this projector has applied ``position`` (read-your-writes for the API).
+
+        A projector nobody runs (a CLI process) catches up inline instead of waiting."""
+        if not self._running:
+            await self.catch_up()
+            return self.position >= position
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.position < position:

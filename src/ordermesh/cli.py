@@ -1,0 +1,204 @@
+"""The ``ordermesh`` command: run the system, mint dev tokens, operate orders and read models.
+
+Order and projection commands work directly on the service's database
+(``ORDERMESH_DATABASE_URL``), like an operator's console: no server needs to be running, and a
+running one picks the changes up through its subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from ordermesh.config import Settings
+from ordermesh.errors import OrdermeshError
+from ordermesh.http.auth import Tokens
+from ordermesh.services.orders.events import OrderLine
+from ordermesh.services.orders.runtime import OrderSystem, build_order_system
+
+app = typer.Typer(
+    help="ordermesh: order processing over REST, gRPC, messages, events and sagas.", no_args_is_help=True
+)
+order_app = typer.Typer(help="Create and inspect orders.", no_args_is_help=True)
+projections_app = typer.Typer(help="Operate read models.", no_args_is_help=True)
+app.add_typer(order_app, name="order")
+app.add_typer(projections_app, name="projections")
+console = Console()
+T = TypeVar("T")
+
+
+def _run(work: Callable[[OrderSystem], Awaitable[T]]) -> T:
+    """Build the order system on the configured database, run ``work``, close, map errors."""
+
+    async def main() -> T:
+        settings = Settings.from_env()
+        system = await build_order_system(settings.effective_database_url)
+        try:
+            return await work(system)
+        finally:
+            await system.close()
+
+    try:
+        return asyncio.run(main())
+    except OrdermeshError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def up(
+    host: Annotated[str | None, typer.Option(help="interface to bind (ORDERMESH_HTTP_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="REST port (ORDERMESH_HTTP_PORT, default 8000)")] = None,
+) -> None:
+    """Run the system in the foreground with embedded defaults; Ctrl-C stops it cleanly."""
+    from ordermesh.runner import run_system
+
+    run_system(Settings.from_env(), host, port, console)
+
+
+@app.command()
+def token(
+    user_id: str,
+    ttl_hours: Annotated[float, typer.Option(help="lifetime in hours")] = 12.0,
+) -> None:
+    """Print a development bearer token for USER_ID (signed with ORDERMESH_JWT_SECRET)."""
+    try:
+        value = Tokens(Settings.from_env()).issue(user_id, ttl=timedelta(hours=ttl_hours))
+    except OrdermeshError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    print(value)
+
+
+def _parse_item(text: str) -> OrderLine:
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise typer.BadParameter(f"{text!r}: expected SKU:QUANTITY:UNIT_PRICE, e.g. SKU-1:2:1250")
+    return OrderLine(parts[0], int(parts[1]), int(parts[2]))
+
+
+def _order_table(orders: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("id", overflow="fold", min_width=36)
+    for column in ("user", "email", "status", "total", "items", "created"):
+        table.add_column(column, overflow="fold")
+    for o in orders:
+        items = ", ".join(f"{i['quantity']} x {i['sku']}" for i in o["items"])
+        table.add_row(
+            o["id"],
+            o["user_id"],
+            o["user_email"],
+            o["status"],
+            f"{o['total'] / 100:.2f} {o['currency']}",
+            items,
+            o["created_at"] or "",
+        )
+    return table
+
+
+@order_app.command("create")
+def order_create(
+    user: Annotated[str, typer.Option("--user", help="the ordering user id")],
+    email: Annotated[str, typer.Option("--email", help="where confirmations go")],
+    item: Annotated[list[str], typer.Option("--item", help="SKU:QUANTITY:UNIT_PRICE (minor units); repeat")],
+    currency: Annotated[str, typer.Option(help="ISO 4217 code")] = "EUR",
+) -> None:
+    """Create an order."""
+    lines = [_parse_item(i) for i in item]
+    order = _run(lambda s: s.service.create_order(user, email, currency, lines))
+    console.print(_order_table([order], "created"))
+
+
+@order_app.command("show")
+def order_show(order_id: str) -> None:
+    """Show one order from the read model."""
+    order = _run(lambda s: s.service.get_order(order_id, None))
+    console.print(_order_table([order], f"order {order_id}"))
+
+
+@order_app.command("list")
+def order_list(user: Annotated[str, typer.Option("--user", help="the user id")]) -> None:
+    """List a user's orders, newest first."""
+    import orjson
+
+    raw = _run(lambda s: s.service.user_orders_json(user, None))
+    orders = orjson.loads(raw)["orders"]
+    console.print(_order_table(orders, f"orders of {user} ({len(orders)})"))
+
+
+@app.command()
+def events(order_id: str) -> None:
+    """Show an order's event history."""
+    history = _run(lambda s: s.service.history(order_id, None))
+    table = Table(title=f"events of order {order_id}")
+    for column in ("version", "position", "type", "occurred at", "data"):
+        table.add_column(column)
+    for e in history:
+        table.add_row(str(e["version"]), str(e["position"]), e["type"], e["occurred_at"], str(e["data"]))
+    console.print(table)
+
+
+@projections_app.command("rebuild")
+def projections_rebuild(name: str) -> None:
+    """Rebuild read model NAME from the first event, beside the live one, then swap."""
+
+    async def work(system: OrderSystem) -> int:
+        try:
+            projector = system.projector(name)
+        except KeyError as exc:
+            console.print(f"[red]error:[/red] {exc.args[0]}")
+            raise typer.Exit(2) from exc
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task(f"rebuilding {name}", total=None)
+            replayed = await projector.rebuild(
+                lambda done, total: bar.update(task, completed=done, total=total)
+            )
+        return replayed
+
+    replayed = _run(work)
+    console.print(f"rebuilt [bold]{name}[/bold] from {replayed} events; it is live now")
+
+
+@projections_app.command("list")
+def projections_list() -> None:
+    """Show each read model's live generation and checkpoint."""
+
+    async def work(system: OrderSystem) -> list[tuple[str, int, int, int]]:
+        head = await system.store.head_position()
+        out = []
+        for p in system.projectors:
+            state = await system.docs.state(p.name)
+            out.append((p.name, state.generation, state.position, head))
+        return out
+
+    table = Table(title="projections")
+    for column in ("name", "generation", "position", "head"):
+        table.add_column(column)
+    for row in _run(work):
+        table.add_row(*(str(v) for v in row))
+    console.print(table)
+
+
+@app.command()
+def openapi() -> None:
+    """Print the REST API's OpenAPI document (committed as docs/openapi.json)."""
+    from ordermesh.services.orders.openapi import openapi_json
+
+    print(openapi_json(), end="")
+
+
+def main() -> None:
+    app()

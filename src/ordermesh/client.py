@@ -1,0 +1,253 @@
+"""Python clients for the order API: ``OrdermeshClient`` (sync, urllib3) and
+``AsyncOrdermeshClient`` (aiohttp).
+
+Both speak the same way: every call has a timeout (5 s unless told otherwise), idempotent calls
+are retried on connection failures and 502/503/504 with jittered backoff, ``create_order`` sends
+an Idempotency-Key (generated when not given) so its retries cannot create a second order, and
+problem documents come back as the ``ordermesh.errors`` classes the server raised.
+(aiohttp rather than httpx: httpx stalls under concurrency on these machines; see bench/.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import orjson
+import urllib3
+
+from ordermesh import errors
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+RETRYABLE_STATUS = frozenset({502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    body: bytes | None = None
+    headers: Mapping[str, str] | None = None
+    retry: bool = True
+
+
+def _problem(status: int, body: bytes) -> errors.OrdermeshError:
+    try:
+        doc = orjson.loads(body)
+        detail = str(doc.get("detail") or doc)
+        slug = str(doc.get("type", "")).rsplit("/", 1)[-1]
+    except (orjson.JSONDecodeError, AttributeError):
+        detail, slug = body.decode(errors="replace")[:500] or f"HTTP {status}", ""
+    if status == 401:
+        return errors.Unauthenticated(detail)
+    if status == 403:
+        return errors.PermissionDenied(detail)
+    if status == 404:
+        return errors.NotFound(detail)
+    if status == 409:
+        if slug == "idempotency-key-in-use":
+            return errors.IdempotencyKeyInUse(detail)
+        return errors.DomainError(detail)
+    if status == 422:
+        if slug == "idempotency-key-reused":
+            return errors.IdempotencyKeyReused(detail)
+        return errors.ValidationError(detail)
+    return errors.InfrastructureError(f"HTTP {status}: {detail}")
+
+
+def _decode(status: int, body: bytes) -> Any:
+    if status >= 400:
+        raise _problem(status, body)
+    return orjson.loads(body) if body else None
+
+
+def _order_request(
+    user_email: str, currency: str, items: Sequence[Mapping[str, Any]], key: str | None
+) -> _Request:
+    body = orjson.dumps({"user_email": user_email, "currency": currency, "items": list(items)})
+    headers = {"Content-Type": "application/json", "Idempotency-Key": key or str(uuid.uuid4())}
+    return _Request("POST", "/api/orders", body, headers)
+
+
+def _order_path(order_id: str, version: int | None, as_of: datetime | None) -> str:
+    query = {
+        k: v for k, v in {"version": version, "as_of": as_of.isoformat() if as_of else None}.items() if v
+    }
+    return f"/api/orders/{quote(order_id, safe='')}" + (f"?{urlencode(query)}" if query else "")
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(0.05 * 2**attempt, 1.0) * random.uniform(0.5, 1.0))
+
+
+class _Base:
+    def __init__(self, base_url: str, token: str | None, timeout: float, retries: int) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+
+
+class OrdermeshClient(_Base):
+    def __init__(
+        self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 5.0, retries: int = 2
+    ) -> None:
+        super().__init__(base_url, token, timeout, retries)
+        self._pool = urllib3.PoolManager(maxsize=8, retries=False)
+
+    def _send(self, req: _Request, timeout: float | None) -> Any:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        for attempt in range(self.retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                r = self._pool.request(
+                    req.method,
+                    self.base_url + req.path,
+                    body=req.body,
+                    headers={**self._auth, **(req.headers or {})},
+                    timeout=remaining,
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                if attempt == self.retries or not req.retry:
+                    raise errors.InfrastructureError(f"{req.method} {req.path}: {exc}") from exc
+            else:
+                if r.status not in RETRYABLE_STATUS or attempt == self.retries:
+                    return _decode(r.status, r.data)
+            time.sleep(min(_backoff(attempt), max(deadline - time.monotonic(), 0)))
+        raise errors.InfrastructureError(f"{req.method} {req.path}: no answer within the deadline")
+
+    def get_user_orders(self, user_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
+        body = self._send(_Request("GET", f"/api/users/{quote(user_id, safe='')}/orders"), timeout)
+        orders: list[dict[str, Any]] = body["orders"]
+        return orders
+
+    def get_order(
+        self,
+        order_id: str,
+        *,
+        version: int | None = None,
+        as_of: datetime | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        order: dict[str, Any] = self._send(_Request("GET", _order_path(order_id, version, as_of)), timeout)
+        return order
+
+    def get_order_events(self, order_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
+        body = self._send(_Request("GET", f"/api/orders/{quote(order_id, safe='')}/events"), timeout)
+        events: list[dict[str, Any]] = body["events"]
+        return events
+
+    def create_order(
+        self,
+        user_email: str,
+        currency: str,
+        items: Sequence[Mapping[str, Any]],
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        order: dict[str, Any] = self._send(
+            _order_request(user_email, currency, items, idempotency_key), timeout
+        )
+        return order
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    def __enter__(self) -> OrdermeshClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncOrdermeshClient(_Base):
+    def __init__(
+        self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 5.0, retries: int = 2
+    ) -> None:
+        super().__init__(base_url, token, timeout, retries)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+        return self._session
+
+    async def _send(self, req: _Request, timeout: float | None) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.timeout)
+        for attempt in range(self.retries + 1):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                async with self._http().request(
+                    req.method,
+                    self.base_url + req.path,
+                    data=req.body,
+                    headers={**self._auth, **(req.headers or {})},
+                    timeout=aiohttp.ClientTimeout(total=remaining),
+                ) as r:
+                    body = await r.read()
+                    if r.status not in RETRYABLE_STATUS or attempt == self.retries:
+                        return _decode(r.status, body)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if attempt == self.retries or not req.retry:
+                    raise errors.InfrastructureError(f"{req.method} {req.path}: {exc!r}") from exc
+            await asyncio.sleep(min(_backoff(attempt), max(deadline - loop.time(), 0)))
+        raise errors.InfrastructureError(f"{req.method} {req.path}: no answer within the deadline")
+
+    async def get_user_orders(self, user_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
+        body = await self._send(_Request("GET", f"/api/users/{quote(user_id, safe='')}/orders"), timeout)
+        orders: list[dict[str, Any]] = body["orders"]
+        return orders
+
+    async def get_order(
+        self,
+        order_id: str,
+        *,
+        version: int | None = None,
+        as_of: datetime | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        order: dict[str, Any] = await self._send(
+            _Request("GET", _order_path(order_id, version, as_of)), timeout
+        )
+        return order
+
+    async def get_order_events(self, order_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
+        body = await self._send(_Request("GET", f"/api/orders/{quote(order_id, safe='')}/events"), timeout)
+        events: list[dict[str, Any]] = body["events"]
+        return events
+
+    async def create_order(
+        self,
+        user_email: str,
+        currency: str,
+        items: Sequence[Mapping[str, Any]],
+        idempotency_key: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        req = _order_request(user_email, currency, items, idempotency_key)
+        order: dict[str, Any] = await self._send(req, timeout)
+        return order
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AsyncOrdermeshClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
