@@ -97,7 +97,9 @@ async def test_rebuild_serves_the_old_model_until_the_new_one_is_complete(env: E
     await env.projector().catch_up()
     # Corrupt the live model, as a buggy projection would have.
     live = await env.system.docs.state("counter")
-    await env.system.docs.commit("counter", live.generation, live.position, live.position, {"s0": b'{"n": 999}'})
+    await env.system.docs.commit(
+        "counter", live.generation, live.position, live.position, {"s0": b'{"n": 999}'}
+    )
     seen_during_rebuild: list[int] = []
 
     def progress(done: int, total: int) -> None:

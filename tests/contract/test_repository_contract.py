@@ -44,7 +44,9 @@ def repo(store: Any, clock: FakeClock, snapshot_every: int = 100) -> Repository[
 
 
 async def make_order(r: Repository[OrderAggregate], clock: FakeClock, order_id: str = "o1") -> OrderAggregate:
-    order = OrderAggregate.create(order_id, "u1", "u1@example.com", "EUR", [OrderLine("A", 1, 100)], clock.now())
+    order = OrderAggregate.create(
+        order_id, "u1", "u1@example.com", "EUR", [OrderLine("A", 1, 100)], clock.now()
+    )
     await r.save(order)
     return order
 

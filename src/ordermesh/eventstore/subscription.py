@@ -47,7 +47,10 @@ class SqlCheckpoints:
 
     @classmethod
     async def open(cls, db: SqlDb) -> SqlCheckpoints:
-        ddl = "CREATE TABLE IF NOT EXISTS subscription_checkpoints (name text PRIMARY KEY, position bigint NOT NULL)"
+        ddl = (
+            "CREATE TABLE IF NOT EXISTS subscription_checkpoints "
+            "(name text PRIMARY KEY, position bigint NOT NULL)"
+        )
         await migrate(db, {"postgres": [ddl], "sqlite": [ddl]})
         return cls(db)
 
