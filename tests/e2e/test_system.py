@@ -1,0 +1,148 @@
+"""The system as a user meets it: `ordermesh up` in its own process, the CLI and the clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from ordermesh.client import AsyncOrdermeshClient, OrdermeshClient
+from ordermesh.errors import NotFound, PermissionDenied, Unauthenticated
+from tests.helpers import free_port
+
+BIN = Path(sys.executable).parent / "ordermesh"
+
+
+def cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    port = free_port()
+    env = {**os.environ, "ORDERMESH_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+    env.pop("ORDERMESH_DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [str(BIN), "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"ordermesh up did not become ready:\n{proc.communicate()[0]}")
+        time.sleep(0.1)
+    yield url, env
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_up_serves_the_api_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "ORDERMESH_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [str(BIN), "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/livez", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert f"http://127.0.0.1:{port}/api" in out and "ORDERMESH_TOKEN=ey" in out
+    assert "development default" in out
+
+
+def test_clients_cli_and_the_seed_snippet_against_a_real_server(system: tuple[str, dict[str, str]]) -> None:
+    url, env = system
+    token = cli(env, "token", "alice").strip().splitlines()[-1]
+    with OrdermeshClient(url, token=token, timeout=5) as client:
+        order = client.create_order(
+            "alice@example.com",
+            "EUR",
+            [{"sku": "SKU-1", "quantity": 2, "unit_price": 1250}],
+            idempotency_key="k1",
+        )
+        assert (
+            client.create_order(
+                "alice@example.com",
+                "EUR",
+                [{"sku": "SKU-1", "quantity": 2, "unit_price": 1250}],
+                idempotency_key="k1",
+            )
+            == order
+        )
+        assert client.get_order(order["id"]) == order
+        assert [e["type"] for e in client.get_order_events(order["id"])] == ["OrderCreated"]
+        with pytest.raises(NotFound):
+            client.get_order("missing")
+        with pytest.raises(PermissionDenied):
+            client.get_user_orders("bob")
+    with pytest.raises(Unauthenticated), OrdermeshClient(url, timeout=5) as anonymous:
+        anonymous.get_user_orders("alice")
+
+    # An order written by the operator CLI straight into the database reaches the running
+    # server's read models through its subscription.
+    out = cli(
+        env, "order", "create", "--user", "alice", "--email", "alice@example.com", "--item", "SKU-9:1:500"
+    )
+    assert "SKU-9" in out
+
+    # The seed's snippet, made real.
+    user_id = "alice"
+    deadline = time.monotonic() + 10
+    while True:
+        response = requests.get(
+            f"{url}/api/users/{user_id}/orders", headers={"Authorization": f"Bearer {token}"}, timeout=5
+        )
+        orders = response.json()["orders"]
+        if len(orders) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [o["items"][0]["sku"] for o in orders] == ["SKU-9", "SKU-1"]
+    assert orders[1]["id"] == order["id"] and orders[1]["user_email"] == "alice@example.com"
+
+    listed = cli(env, "order", "list", "--user", "alice")
+    assert order["id"] in listed
+
+
+async def test_async_client_against_a_real_server(system: tuple[str, dict[str, str]]) -> None:
+    url, env = system
+    token = cli(env, "token", "carol").strip().splitlines()[-1]
+    async with AsyncOrdermeshClient(url, token=token) as client:
+        created = await client.create_order(
+            "carol@example.com", "USD", [{"sku": "A", "quantity": 1, "unit_price": 5}]
+        )
+        orders = await client.get_user_orders("carol", timeout=2)
+        assert [o["id"] for o in orders] == [created["id"]]
+        assert (await client.get_order(created["id"], version=1))["status"] == "pending"
