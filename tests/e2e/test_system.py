@@ -25,8 +25,8 @@ def cli(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+def start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
+    """Run `ordermesh up` on a free port with its own data dir; return once /readyz answers 200."""
     port = free_port()
     env = {**os.environ, "ORDERMESH_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
     env.pop("ORDERMESH_DATABASE_URL", None)
@@ -42,13 +42,18 @@ def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     while True:
         try:
             if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
+                return proc, url, env
         except requests.ConnectionError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"ordermesh up did not become ready:\n{proc.communicate()[0]}")
         time.sleep(0.1)
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    proc, url, env = start_up(tmp_path)
     yield url, env
     if proc.poll() is None:
         proc.kill()
@@ -56,30 +61,15 @@ def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 
 def test_up_serves_the_api_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "ORDERMESH_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
-    proc = subprocess.Popen(
-        [str(BIN), "up", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, url, _ = start_up(tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/livez", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
-    assert f"http://127.0.0.1:{port}/api" in out and "ORDERMESH_TOKEN=ey" in out
+    assert f"{url}/api" in out and "ORDERMESH_TOKEN=ey" in out
     assert "development default" in out
 
 
