@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -37,6 +37,15 @@ class _Request:
     body: bytes | None = None
     headers: Mapping[str, str] | None = None
     retry: bool = True
+    field: str | None = None  # the member of the JSON answer the caller wants
+
+
+def _user_orders(user_id: str) -> _Request:
+    return _Request("GET", f"/api/users/{quote(user_id, safe='')}/orders", field="orders")
+
+
+def _order_events(order_id: str) -> _Request:
+    return _Request("GET", f"/api/orders/{quote(order_id, safe='')}/events", field="events")
 
 
 def _problem(status: int, body: bytes) -> errors.OrdermeshError:
@@ -63,10 +72,11 @@ def _problem(status: int, body: bytes) -> errors.OrdermeshError:
     return errors.InfrastructureError(f"HTTP {status}: {detail}")
 
 
-def _decode(status: int, body: bytes) -> Any:
+def _decode(req: _Request, status: int, body: bytes) -> Any:
     if status >= 400:
         raise _problem(status, body)
-    return orjson.loads(body) if body else None
+    doc: Any = orjson.loads(body) if body else None
+    return doc[req.field] if req.field else doc
 
 
 def _order_request(
@@ -77,11 +87,13 @@ def _order_request(
     return _Request("POST", "/api/orders", body, headers)
 
 
-def _order_path(order_id: str, version: int | None, as_of: datetime | None) -> str:
+def _order(order_id: str, version: int | None, as_of: datetime | None) -> _Request:
     query = {
         k: v for k, v in {"version": version, "as_of": as_of.isoformat() if as_of else None}.items() if v
     }
-    return f"/api/orders/{quote(order_id, safe='')}" + (f"?{urlencode(query)}" if query else "")
+    return _Request(
+        "GET", f"/api/orders/{quote(order_id, safe='')}" + (f"?{urlencode(query)}" if query else "")
+    )
 
 
 def _backoff(attempt: int) -> float:
@@ -122,14 +134,12 @@ class OrdermeshClient(_Base):
                     raise errors.InfrastructureError(f"{req.method} {req.path}: {exc}") from exc
             else:
                 if r.status not in RETRYABLE_STATUS or attempt == self.retries:
-                    return _decode(r.status, r.data)
+                    return _decode(req, r.status, r.data)
             time.sleep(min(_backoff(attempt), max(deadline - time.monotonic(), 0)))
         raise errors.InfrastructureError(f"{req.method} {req.path}: no answer within the deadline")
 
     def get_user_orders(self, user_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
-        body = self._send(_Request("GET", f"/api/users/{quote(user_id, safe='')}/orders"), timeout)
-        orders: list[dict[str, Any]] = body["orders"]
-        return orders
+        return cast(list[dict[str, Any]], self._send(_user_orders(user_id), timeout))
 
     def get_order(
         self,
@@ -139,13 +149,10 @@ class OrdermeshClient(_Base):
         as_of: datetime | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        order: dict[str, Any] = self._send(_Request("GET", _order_path(order_id, version, as_of)), timeout)
-        return order
+        return cast(dict[str, Any], self._send(_order(order_id, version, as_of), timeout))
 
     def get_order_events(self, order_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
-        body = self._send(_Request("GET", f"/api/orders/{quote(order_id, safe='')}/events"), timeout)
-        events: list[dict[str, Any]] = body["events"]
-        return events
+        return cast(list[dict[str, Any]], self._send(_order_events(order_id), timeout))
 
     def create_order(
         self,
@@ -155,10 +162,9 @@ class OrdermeshClient(_Base):
         idempotency_key: str | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        order: dict[str, Any] = self._send(
-            _order_request(user_email, currency, items, idempotency_key), timeout
+        return cast(
+            dict[str, Any], self._send(_order_request(user_email, currency, items, idempotency_key), timeout)
         )
-        return order
 
     def close(self) -> None:
         self._pool.clear()
@@ -199,7 +205,7 @@ class AsyncOrdermeshClient(_Base):
                 ) as r:
                     body = await r.read()
                     if r.status not in RETRYABLE_STATUS or attempt == self.retries:
-                        return _decode(r.status, body)
+                        return _decode(req, r.status, body)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if attempt == self.retries or not req.retry:
                     raise errors.InfrastructureError(f"{req.method} {req.path}: {exc!r}") from exc
@@ -207,9 +213,7 @@ class AsyncOrdermeshClient(_Base):
         raise errors.InfrastructureError(f"{req.method} {req.path}: no answer within the deadline")
 
     async def get_user_orders(self, user_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
-        body = await self._send(_Request("GET", f"/api/users/{quote(user_id, safe='')}/orders"), timeout)
-        orders: list[dict[str, Any]] = body["orders"]
-        return orders
+        return cast(list[dict[str, Any]], await self._send(_user_orders(user_id), timeout))
 
     async def get_order(
         self,
@@ -219,15 +223,10 @@ class AsyncOrdermeshClient(_Base):
         as_of: datetime | None = None,
         timeout: float | None = None,
     ) -> dict[str, Any]:
-        order: dict[str, Any] = await self._send(
-            _Request("GET", _order_path(order_id, version, as_of)), timeout
-        )
-        return order
+        return cast(dict[str, Any], await self._send(_order(order_id, version, as_of), timeout))
 
     async def get_order_events(self, order_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
-        body = await self._send(_Request("GET", f"/api/orders/{quote(order_id, safe='')}/events"), timeout)
-        events: list[dict[str, Any]] = body["events"]
-        return events
+        return cast(list[dict[str, Any]], await self._send(_order_events(order_id), timeout))
 
     async def create_order(
         self,
@@ -238,8 +237,7 @@ class AsyncOrdermeshClient(_Base):
         timeout: float | None = None,
     ) -> dict[str, Any]:
         req = _order_request(user_email, currency, items, idempotency_key)
-        order: dict[str, Any] = await self._send(req, timeout)
-        return order
+        return cast(dict[str, Any], await self._send(req, timeout))
 
     async def close(self) -> None:
         if self._session is not None:
