@@ -172,7 +172,11 @@ async def test_concurrent_retries_with_one_key_create_one_order(api: Api) -> Non
 async def test_health_and_metrics(api: Api) -> None:
     assert (await api.call("GET", "/livez", user=None))[0] == 200
     assert (await api.call("GET", "/readyz", user=None))[0] == 200
+    await api.call("POST", "/api/orders", json=order_body())
     await api.call("GET", "/api/users/alice/orders")
     async with api.http.get(api.url + "/metrics") as r:
         text = await r.text()
     assert 'route="/api/users/{user_id}/orders"' in text and "ordermesh_http_requests_total" in text
+    head = await api.system.store.head_position()
+    assert head > 0
+    assert f'ordermesh_projection_position{{projection="user_orders"}} {float(head)}' in text

@@ -11,6 +11,8 @@ from ordermesh.clock import Clock
 from ordermesh.config import Settings
 from ordermesh.http.app import create_app
 from ordermesh.http.auth import Tokens
+from ordermesh.readmodel.projection import Projector
+from ordermesh.services.orders import metrics as projection_metrics
 from ordermesh.services.orders.rest import router
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 
@@ -44,4 +46,10 @@ def create_order_app(
     if system is not None:
         app.state.system = system
     app.include_router(router)
+
+    def projectors() -> list[Projector]:
+        owned: OrderSystem | None = getattr(app.state, "system", None)
+        return owned.projectors if owned is not None else []
+
+    projection_metrics.register(app.state.metrics.registry, projectors)
     return app
