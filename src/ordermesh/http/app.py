@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.responses import Response
@@ -17,22 +18,64 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 ReadyCheck = Callable[[FastAPI], Awaitable[None]]
 
 _OK = b'{"status":"ok"}'
+_HEALTH = {
+    "type": "object",
+    "properties": {"status": {"const": "ok"}},
+    "required": ["status"],
+}
+
+
+class ServiceApp(FastAPI):
+    """FastAPI with the OpenAPI document tidied: shared problem schemas in the components, and
+    optional parameters without FastAPI's ``null`` branch (a query string or header is absent,
+    never null)."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is not None:
+            return self.openapi_schema
+        document = super().openapi()  # cached as self.openapi_schema: tidied in place, once
+        problems.add_schemas(document)
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                for parameter in operation.get("parameters", []):
+                    _drop_null_branch(parameter)
+        return document
+
+
+def _drop_null_branch(parameter: dict[str, Any]) -> None:
+    schema = parameter.get("schema", {})
+    branches = schema.get("anyOf")
+    if parameter.get("required") or not isinstance(branches, list):
+        return
+    kept = [b for b in branches if b != {"type": "null"}]
+    if len(kept) == 1 and len(kept) < len(branches):
+        del schema["anyOf"]
+        schema.update(kept[0])
 
 
 def create_app(title: str, ready: ReadyCheck, lifespan: Lifespan | None = None) -> FastAPI:
-    app = FastAPI(title=title, version=__version__, lifespan=lifespan)
+    app = ServiceApp(title=title, version=__version__, lifespan=lifespan)
     metrics = HttpMetrics()
     app.state.metrics = metrics
     problems.install(app)
 
-    @app.get("/livez", tags=["health"], responses={200: {"description": "the process is up"}})
+    @app.get(
+        "/livez",
+        tags=["health"],
+        responses={
+            200: {"description": "the process is up", "content": {"application/json": {"schema": _HEALTH}}}
+        },
+    )
     async def livez() -> Response:
         return Response(_OK, media_type="application/json")
 
     @app.get(
         "/readyz",
         tags=["health"],
-        responses={200: {"description": "ready to serve"}, **problems.documented(503)},
+        responses={
+            200: {"description": "ready to serve", "content": {"application/json": {"schema": _HEALTH}}},
+            **problems.documented(503),
+        },
     )
     async def readyz() -> Response:
         try:

@@ -21,5 +21,5 @@ def openapi_document() -> dict[str, Any]:
 
 
 def openapi_json() -> str:
-    """The OpenAPI document as JSON: sorted keys, two-space indent, trailing newline."""
-    return json.dumps(openapi_document(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    """The OpenAPI document as ASCII JSON: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"

@@ -12,10 +12,16 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import Response
 
-from ordermesh.errors import IdempotencyError, OrdermeshError, Unauthenticated, ValidationError
+from ordermesh.errors import (
+    FieldViolation,
+    IdempotencyError,
+    OrdermeshError,
+    Unauthenticated,
+    ValidationError,
+)
 from ordermesh.http.auth import Tokens
 from ordermesh.http.idempotency import SavedResponse
-from ordermesh.http.problems import documented, error_response
+from ordermesh.http.problems import PROBLEM, documented, error_response
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import OrderSystem
 from ordermesh.services.orders.schemas import ID_PATTERN, CreateOrder, Order, OrderHistory, OrderList
@@ -50,10 +56,39 @@ def _json(body: bytes, status: int = 200) -> Response:
     return Response(body, status, media_type=JSON)
 
 
+# Where a new order can be followed (Schemathesis' stateful phase walks these links too).
+_CREATED_LINKS = {
+    "GetOrder": {"operationId": "getOrder", "parameters": {"order_id": "$response.body#/id"}},
+    "GetOrderEvents": {"operationId": "getOrderEvents", "parameters": {"order_id": "$response.body#/id"}},
+    "ListUserOrders": {"operationId": "listUserOrders", "parameters": {"user_id": "$response.body#/user_id"}},
+}
+_CREATED_HEADERS = {
+    "Location": {"description": "the new order's URL", "required": True, "schema": {"type": "string"}},
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the saved response of an earlier request with the same key",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+
+
 @router.post(
     "/orders",
     status_code=201,
-    responses={201: {"model": Order, "description": "the new order"}, **documented(409)},
+    operation_id="createOrder",
+    responses={
+        201: {
+            "model": Order,
+            "description": "the new order",
+            "headers": _CREATED_HEADERS,
+            "links": _CREATED_LINKS,
+        },
+        **documented(409),
+        422: {
+            **documented(422)[422],
+            "description": "invalid input (every offending field is listed in `violations`), "
+            "or an Idempotency-Key already used with a different request",
+        },
+    },
 )
 async def create_order(
     body: CreateOrder,
@@ -66,7 +101,8 @@ async def create_order(
             min_length=1,
             max_length=255,
             pattern=r"^[\x21-\x7e]+$",
-            description="retries with the same key and body replay the first response",
+            description="retries with the same key and body replay the first response; "
+            "1 to 255 printable ASCII characters, no spaces",
         ),
     ] = None,
 ) -> Response:
@@ -76,7 +112,7 @@ async def create_order(
     fingerprint = hashlib.sha256(orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()
     saved = await system.idempotency.begin(user, idempotency_key, fingerprint)
     if saved is not None:
-        return Response(saved.body, saved.status, media_type=JSON, headers={"Idempotent-Replayed": "true"})
+        return _replay(saved)
     try:
         response = await _create(system, body, user)
     except IdempotencyError:
@@ -98,38 +134,95 @@ async def create_order(
 async def _create(system: OrderSystem, body: CreateOrder, user: str) -> Response:
     lines = [OrderLine(i.sku, i.quantity, i.unit_price) for i in body.items]
     order = await system.service.create_order(user, body.user_email, body.currency, lines)
-    return Response(
-        orjson.dumps(order), 201, media_type=JSON, headers={"Location": f"/api/orders/{order['id']}"}
-    )
+    return Response(orjson.dumps(order), 201, media_type=JSON, headers={"Location": _order_url(order["id"])})
 
 
-@router.get("/orders/{order_id}", responses={200: {"model": Order}, **documented(404)})
+def _order_url(order_id: str) -> str:
+    return f"/api/orders/{order_id}"
+
+
+def _replay(saved: SavedResponse) -> Response:
+    """The first response again, headers included (only its status and body are stored)."""
+    headers = {"Idempotent-Replayed": "true"}
+    if saved.status == 201:
+        headers["Location"] = _order_url(orjson.loads(saved.body)["id"])
+    media_type = JSON if saved.status < 400 else PROBLEM
+    return Response(saved.body, saved.status, media_type=media_type, headers=headers)
+
+
+@router.get(
+    "/orders/{order_id}",
+    operation_id="getOrder",
+    responses={
+        200: {"model": Order, "description": "the order, now or as it was"},
+        **documented(404),
+        422: {
+            **documented(422)[422],
+            "description": "invalid input, or both `version` and `as_of` given",
+        },
+    },
+)
 async def get_order(
     order_id: OrderId,
     request: Request,
     user: User,
     version: Annotated[
-        int | None, Query(ge=1, le=2**31 - 1, description="the order as of this version")
+        int | None,
+        Query(ge=1, le=2**31 - 1, description="the order as of this version (not together with `as_of`)"),
     ] = None,
-    as_of: Annotated[datetime | None, Query(description="the order as it was at this ISO-8601 time")] = None,
+    as_of: Annotated[
+        datetime | None,
+        Query(
+            description="the order as it was at this ISO-8601 time, UTC when no offset is given "
+            "(not together with `version`)"
+        ),
+    ] = None,
 ) -> Response:
     service = _system(request).service
     if version is not None and as_of is not None:
-        raise ValidationError("give either version or as_of, not both")
+        both = "give either version or as_of, not both"
+        raise ValidationError(both, [FieldViolation("version", both), FieldViolation("as_of", both)])
     if version is None and as_of is None:
         return _json(orjson.dumps(await service.get_order(order_id, user)))
-    if as_of is not None and as_of.tzinfo is None:
-        as_of = as_of.replace(tzinfo=UTC)
-    doc = await service.get_order_at(order_id, user, version=version, as_of=as_of)
+    at = _as_utc(as_of) if as_of is not None else None
+    doc = await service.get_order_at(order_id, user, version=version, as_of=at)
     return _json(orjson.dumps(doc))
 
 
-@router.get("/orders/{order_id}/events", responses={200: {"model": OrderHistory}, **documented(404)})
+def _as_utc(moment: datetime) -> datetime:
+    """``as_of`` in UTC (naive means UTC). A valid ISO-8601 time can fall outside Python's range
+    once moved to UTC (0001-01-01T00:00+14:00); such times clamp to the range's ends, where the
+    answer is the same: nothing existed yet, or everything has happened."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return (datetime.min if moment.year == datetime.min.year else datetime.max).replace(tzinfo=UTC)
+
+
+@router.get(
+    "/orders/{order_id}/events",
+    operation_id="getOrderEvents",
+    responses={
+        200: {"model": OrderHistory, "description": "the order's events, oldest first"},
+        **documented(404),
+    },
+)
 async def get_order_events(order_id: OrderId, request: Request, user: User) -> Response:
     events = await _system(request).service.history(order_id, user)
     return _json(orjson.dumps({"events": events}))
 
 
-@router.get("/users/{user_id}/orders", responses={200: {"model": OrderList}, **documented(403)})
+@router.get(
+    "/users/{user_id}/orders",
+    operation_id="listUserOrders",
+    responses={
+        200: {"model": OrderList, "description": "the user's orders, newest first"},
+        **documented(403),
+        # Only for a user id that is no path segment at all (say "a/b"): no such resource.
+        **documented(404),
+    },
+)
 async def get_user_orders(user_id: UserId, request: Request, user: User) -> Response:
     return _json(await _system(request).service.user_orders_json(user_id, user))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ordermesh.services.orders.domain import (
     EMAIL_PATTERN,
@@ -20,11 +20,25 @@ ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 Sku = Annotated[str, Field(pattern=SKU_PATTERN, examples=["SKU-1"])]
 
 
+def _integral(value: object) -> object:
+    """JSON has one number type: ``2.0`` is the integer 2 (as JSON Schema's ``integer`` says), while
+    ``2.5``, ``"2"`` and ``true`` stay errors under strict validation."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# After the Field: placed before it, pydantic leaks `ge`/`le` into the JSON schema as unknown keys.
+WholeNumber = BeforeValidator(_integral)
+
+
 class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     sku: Sku
-    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
-    unit_price: Annotated[int, Field(ge=1, le=MAX_UNIT_PRICE, description="minor units, e.g. cents")]
+    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY), WholeNumber]
+    unit_price: Annotated[
+        int, Field(ge=1, le=MAX_UNIT_PRICE, description="minor units, e.g. cents"), WholeNumber
+    ]
 
 
 class CreateOrder(BaseModel):
