@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from ordermesh.db.port import Dialect, Row, Tx
@@ -43,6 +44,21 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     """
 
 
+def _json_param(value: Any) -> str:
+    # JSON text passes through unchanged (what callers have always bound); other values are dumped.
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    """Have asyncpg parse ``jsonb`` (and ``json``) with orjson while it decodes a row, so reads get
+    dicts (and lists…) straight from the driver instead of a ``str`` per value to parse afterwards.
+    Parameters still take JSON text as before (or any value orjson can dump)."""
+    for type_name in ("jsonb", "json"):
+        await conn.set_type_codec(
+            type_name, schema="pg_catalog", encoder=_json_param, decoder=orjson.loads, format="text"
+        )
+
+
 class PostgresDb:
     dialect: Dialect = "postgres"
 
@@ -54,7 +70,9 @@ class PostgresDb:
     @classmethod
     async def open(cls, url: str, min_size: int = 2, max_size: int = 10) -> PostgresDb:
         try:
-            pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, reset=_keep_session)
+            pool = await asyncpg.create_pool(
+                url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+            )
         except (OSError, asyncpg.PostgresError) as exc:
             raise InfrastructureError(f"cannot connect to PostgreSQL at {url}: {exc}") from exc
         return cls(url, pool)

@@ -8,6 +8,14 @@ Single statements do not take the lock unless a transaction holds it: aiosqlite 
 connection's calls one at a time in submission order, so a statement queued while no transaction
 is open runs before any later ``BEGIN``, never inside it, and concurrent appends queue up in the
 writer thread back to back instead of waiting for one another's round trip to the event loop.
+
+Single-row reads (``fetchrow``: primary-key lookups of read models, checkpoints, versions) run
+on a plain ``sqlite3`` connection in the event loop's own thread. Such a read costs a few
+microseconds from the page cache, while a hop to aiosqlite's thread and back costs tens, and
+under load far more: the reply waits for the GIL behind the loop. Under WAL a reader never waits
+for the writer; in the rare case SQLite still answers "busy", the read falls back to the thread.
+Multi-row reads (pages of events) stay on the reader thread, where their decoding cannot stall
+the loop.
 """
 
 from __future__ import annotations
@@ -60,10 +68,17 @@ class _Conn:
 class SqliteDb:
     dialect: Dialect = "sqlite"
 
-    def __init__(self, path: str, writer: aiosqlite.Connection, reader: aiosqlite.Connection) -> None:
+    def __init__(
+        self,
+        path: str,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        inline: sqlite3.Connection,
+    ) -> None:
         self.path = path
         self._writer = _Conn(writer)
         self._reader = _Conn(reader)
+        self._inline = inline
         self._raw = (writer, reader)
         self._lock = asyncio.Lock()
 
@@ -79,7 +94,9 @@ class SqliteDb:
             await conn.execute("PRAGMA busy_timeout=10000")
             await conn.execute("PRAGMA foreign_keys=ON")
             conns.append(conn)
-        return cls(path, conns[0], conns[1])
+        inline = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        inline.execute("PRAGMA busy_timeout=0")  # never block the event loop; fall back instead
+        return cls(path, conns[0], conns[1], inline)
 
     async def execute(self, sql: str, *args: Any) -> None:
         if self._lock.locked():  # a transaction owns the writer: wait for it (see module doc)
@@ -99,7 +116,13 @@ class SqliteDb:
         return await self._reader.fetch(sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        return await self._reader.fetchrow(sql, *args)
+        try:
+            row: Row | None = self._inline.execute(_sql(sql), args).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            return await self._reader.fetchrow(sql, *args)
+        return row
 
     async def write_fetch(self, sql: str, *args: Any) -> list[Row]:
         """A single writing statement whose RETURNING rows are wanted (autocommit, atomic)."""
@@ -126,5 +149,6 @@ class SqliteDb:
             raise InfrastructureError(f"sqlite {self.path}: {exc}") from exc
 
     async def close(self) -> None:
+        self._inline.close()
         for conn in self._raw:
             await conn.close()

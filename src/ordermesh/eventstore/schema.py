@@ -31,17 +31,10 @@ _POSTGRES = [
         state     jsonb NOT NULL,
         taken_at  timestamptz NOT NULL
     )""",
-    # One NOTIFY per append statement wakes every subscriber in every process; the payload names
-    # the schema, so stores in other schemas of the same database ignore it.
-    f"""CREATE OR REPLACE FUNCTION ordermesh_notify_events() RETURNS trigger AS $$
-        BEGIN
-            PERFORM pg_notify('{NOTIFY_CHANNEL}',
-                current_schema() || ':' || (SELECT position::text FROM event_head WHERE id = 1));
-            RETURN NULL;
-        END $$ LANGUAGE plpgsql""",
+    # Appends send their NOTIFY from the append statement itself (see ``eventstore.sql``); the
+    # statement trigger that used to send it cost a PL/pgSQL call and a lookup per append.
     "DROP TRIGGER IF EXISTS ordermesh_events_notify ON events",
-    """CREATE TRIGGER ordermesh_events_notify AFTER INSERT ON events
-        FOR EACH STATEMENT EXECUTE FUNCTION ordermesh_notify_events()""",
+    "DROP FUNCTION IF EXISTS ordermesh_notify_events()",
 ]
 
 _SQLITE = [

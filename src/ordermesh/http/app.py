@@ -30,10 +30,16 @@ class ServiceApp(FastAPI):
     optional parameters without FastAPI's ``null`` branch (a query string or header is absent,
     never null)."""
 
+    security_schemes: dict[str, Any] | None = None
+
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is not None:
             return self.openapi_schema
         document = super().openapi()  # cached as self.openapi_schema: tidied in place, once
+        if self.security_schemes:
+            document.setdefault("components", {}).setdefault("securitySchemes", {}).update(
+                self.security_schemes
+            )
         problems.add_schemas(document)
         for operations in document.get("paths", {}).values():
             for operation in operations.values():
@@ -53,8 +59,16 @@ def _drop_null_branch(parameter: dict[str, Any]) -> None:
         schema.update(kept[0])
 
 
-def create_app(title: str, ready: ReadyCheck, lifespan: Lifespan | None = None) -> FastAPI:
+def create_app(
+    title: str,
+    ready: ReadyCheck,
+    lifespan: Lifespan | None = None,
+    security_schemes: dict[str, Any] | None = None,
+) -> FastAPI:
+    """``security_schemes`` documents authentication that routes do without FastAPI's security
+    dependencies (they reference it through ``openapi_extra``)."""
     app = ServiceApp(title=title, version=__version__, lifespan=lifespan)
+    app.security_schemes = security_schemes
     metrics = HttpMetrics()
     app.state.metrics = metrics
     problems.install(app)
