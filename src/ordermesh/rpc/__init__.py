@@ -1,0 +1,1 @@
+"""gRPC edge shared by services: server builder, interceptors, status mapping, code generation."""

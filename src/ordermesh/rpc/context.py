@@ -1,0 +1,25 @@
+"""Per-call context set by the interceptors and read by handlers (no transport types leak into
+the services: handlers see a user id and a deadline, nothing else)."""
+
+from __future__ import annotations
+
+import time
+from contextvars import ContextVar
+
+_principal: ContextVar[str | None] = ContextVar("ordermesh_principal", default=None)
+_deadline: ContextVar[float | None] = ContextVar("ordermesh_deadline", default=None)
+
+
+def current_principal() -> str:
+    """The authenticated caller's user id (the auth interceptor sets it before any handler)."""
+    user = _principal.get()
+    if user is None:
+        raise RuntimeError("no authenticated principal: is the auth interceptor installed?")
+    return user
+
+
+def remaining_seconds() -> float | None:
+    """Seconds left before the call's deadline (monotonic clock), None when it has none; pass it
+    on to anything the handler calls."""
+    deadline = _deadline.get()
+    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
