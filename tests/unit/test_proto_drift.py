@@ -23,5 +23,6 @@ def test_grpc_packages_share_one_pinned_version() -> None:
     import re
 
     pins = dict(re.findall(r'"(grpcio[a-z-]*)==([0-9.]+)"', (ROOT / "pyproject.toml").read_text()))
-    assert {"grpcio", "grpcio-tools", "grpcio-health-checking", "grpcio-reflection", "grpcio-status"} <= set(pins)
+    expected = {"grpcio", "grpcio-tools", "grpcio-health-checking", "grpcio-reflection", "grpcio-status"}
+    assert expected <= set(pins)
     assert len(set(pins.values())) == 1, f"grpcio-* pins differ: {pins}"

@@ -1,0 +1,94 @@
+"""The live feed of order changes behind ``StreamOrderUpdates``, free of transport types.
+
+A feed reads the event store from a position, keeps what it needs per order (the order as of
+the last event it saw, or "not the caller's"), and yields ``(event, order)`` pairs for the
+caller's orders. It pulls one page at a time and only when its consumer asks for the next item,
+so a slow client holds back the reads (backpressure) instead of growing server memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ordermesh.errors import InfrastructureError, PermissionDenied, ValidationError
+from ordermesh.eventstore.model import StoredEvent
+from ordermesh.http.auth import check_user_id
+from ordermesh.services.orders.projections import STREAM_PREFIX, evolve
+from ordermesh.services.orders.service import OrderService
+
+PAGE = 256
+_NOT_OURS: dict[str, Any] = {}
+_MAX_TRACKED = 10_000
+
+
+class OrderFeed:
+    def __init__(self, service: OrderService, stopping: asyncio.Event) -> None:
+        self._service = service
+        self._store = service.repository.store
+        self._stopping = stopping
+
+    async def updates(
+        self,
+        requester: str,
+        *,
+        user_id: str | None = None,
+        order_id: str | None = None,
+        after_position: int = 0,
+    ) -> AsyncIterator[tuple[StoredEvent, dict[str, Any]]]:
+        if (user_id is None) == (order_id is None):
+            raise ValidationError("give exactly one of user_id or order_id")
+        if after_position < 0:
+            raise ValidationError("after_position must be 0 or more")
+        if user_id is not None and check_user_id(user_id) != requester:
+            raise PermissionDenied("you may only follow your own orders")
+        if order_id is not None:
+            await self._service.get_order_at(order_id, requester)  # NotFound unless the caller's
+        orders: dict[str, dict[str, Any]] = {}
+        position = after_position
+        while True:
+            page = await self._next_page(position)
+            for event in page:
+                position = event.position
+                oid = event.stream_id.removeprefix(STREAM_PREFIX)
+                if not event.stream_id.startswith(STREAM_PREFIX) or (order_id and oid != order_id):
+                    continue
+                state = orders.get(oid)
+                if state is None:
+                    state = await self._state_before(oid, event, requester)
+                    if len(orders) >= _MAX_TRACKED:
+                        orders.clear()  # rebuilt lazily; bounds memory on very long feeds
+                if state is _NOT_OURS:
+                    orders[oid] = state
+                    continue
+                orders[oid] = evolve(state or None, event)
+                yield event, orders[oid]
+
+    async def _next_page(self, position: int) -> list[StoredEvent]:
+        while True:
+            if self._stopping.is_set():
+                raise InfrastructureError(
+                    f"server shutting down; reconnect and resume after position {position}"
+                )
+            page = await self._store.read_all(position, PAGE)
+            if page:
+                return page
+            waiter = asyncio.ensure_future(self._store.wait_for_events(position, 5.0))
+            stopper = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (waiter, stopper):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    async def _state_before(self, order_id: str, event: StoredEvent, requester: str) -> dict[str, Any]:
+        """The order just before ``event`` (empty for its first event), or ``_NOT_OURS``."""
+        if event.version == 1:
+            owner = event.data.get("user_id")
+            return {} if owner == requester else _NOT_OURS
+        order = await self._service.repository.load(order_id, version=event.version - 1)
+        return order.to_snapshot() if order.user_id == requester else _NOT_OURS
