@@ -7,7 +7,7 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import uvicorn
@@ -85,3 +85,16 @@ def order_body(email: str = "alice@example.com", **over: Any) -> dict[str, Any]:
     }
     body.update(over)
     return body
+
+
+T = TypeVar("T")
+
+
+async def take(items: AsyncIterator[T], n: int) -> list[T]:
+    """The first ``n`` items of an async iterator (which may be endless)."""
+    out: list[T] = []
+    async for item in items:
+        out.append(item)
+        if len(out) == n:
+            break
+    return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -12,6 +11,7 @@ from ordermesh.errors import InfrastructureError, NotFound, PermissionDenied, Va
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 from ordermesh.services.orders.updates import OrderFeed
+from tests.helpers import take
 
 LINES = [OrderLine("A", 1, 100)]
 
@@ -21,15 +21,6 @@ async def system(database_url: str) -> AsyncIterator[OrderSystem]:
     s = await build_order_system(database_url)
     yield s
     await s.close()
-
-
-async def take(feed: AsyncIterator[Any], n: int) -> list[Any]:
-    out = []
-    async for item in feed:
-        out.append(item)
-        if len(out) == n:
-            break
-    return out
 
 
 async def test_a_users_feed_replays_resumes_and_goes_live(system: OrderSystem) -> None:

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ordermesh.db import connect
-from ordermesh.eventstore import NewEvent, StoredEvent, open_event_store
+from ordermesh.eventstore import NewEvent, open_event_store
 from ordermesh.eventstore.port import EventStore
 from ordermesh.eventstore.subscription import CheckpointStore, MemoryCheckpoints, SqlCheckpoints, subscribe
+from tests.helpers import take
 
 
 @pytest.fixture
@@ -29,15 +30,6 @@ async def backend(database_url: str) -> AsyncIterator[tuple[EventStore, Checkpoi
 async def append(store: EventStore, stream: str, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
         await store.append(stream, [NewEvent("E", {"i": i})], i)
-
-
-async def take(sub: AsyncIterator[StoredEvent], n: int) -> list[StoredEvent]:
-    out = []
-    async for item in sub:
-        out.append(item)
-        if len(out) == n:
-            break
-    return out
 
 
 async def test_history_then_live_then_resume_from_the_durable_checkpoint(
