@@ -56,11 +56,14 @@ def _run(work: Callable[[OrderSystem], Awaitable[T]]) -> T:
 def up(
     host: Annotated[str | None, typer.Option(help="interface to bind (ORDERMESH_HTTP_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="REST port (ORDERMESH_HTTP_PORT, default 8000)")] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port (ORDERMESH_GRPC_PORT, default 50051)")
+    ] = None,
 ) -> None:
     """Run the system in the foreground with embedded defaults; Ctrl-C stops it cleanly."""
     from ordermesh.runner import run_system
 
-    run_system(Settings.from_env(), host, port, console)
+    run_system(Settings.from_env(), host, port, grpc_port, console)
 
 
 @app.command()
@@ -131,6 +134,46 @@ def order_list(user: Annotated[str, typer.Option("--user", help="the user id")])
     raw = _run(lambda s: s.service.user_orders_json(user, None))
     orders = orjson.loads(raw)["orders"]
     console.print(_order_table(orders, f"orders of {user} ({len(orders)})"))
+
+
+@order_app.command("watch")
+def order_watch(
+    user: Annotated[str | None, typer.Option("--user", help="follow every order of this user")] = None,
+    order: Annotated[str | None, typer.Option("--order", help="follow one order")] = None,
+    after: Annotated[int, typer.Option(help="start after this position (0: the whole history)")] = 0,
+    target: Annotated[str | None, typer.Option(help="gRPC host:port (default: ORDERMESH_GRPC_PORT)")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="bearer token (default: a dev token for the owner)")
+    ] = None,
+) -> None:
+    """Follow StreamOrderUpdates live; resumes by itself across server restarts. Ctrl-C stops."""
+    from ordermesh.client.grpc import OrdersGrpcClient
+
+    if (user is None) == (order is None):
+        raise typer.BadParameter("give exactly one of --user or --order")
+    settings = Settings.from_env()
+    if token is None:
+        if user is None:
+            raise typer.BadParameter("--order needs --token (the owner's)")
+        token = Tokens(settings).issue(user)
+
+    async def follow() -> None:
+        async with OrdersGrpcClient(target or f"{settings.http_host}:{settings.grpc_port}", token) as client:
+            async for u in client.watch(user_id=user, order_id=order, after_position=after):
+                o = u["order"]
+                console.print(
+                    f"{u['position']:>8}  {u['occurred_at']}  {u['order_id']}  v{u['version']:<3} "
+                    f"{u['event_type']:<24} -> {o['status']:<15} {o['total'] / 100:.2f} {o['currency']}",
+                    highlight=False,
+                )
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        pass
+    except OrdermeshError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
 
 
 @app.command()

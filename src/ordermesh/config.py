@@ -18,6 +18,7 @@ class Settings:
     jwt_audience: str = "ordermesh-api"
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    grpc_port: int = 50051
     snapshot_every: int = 100
 
     @property
@@ -37,5 +38,6 @@ class Settings:
             jwt_secret=e.get("ORDERMESH_JWT_SECRET") or DEV_JWT_SECRET,
             http_host=e.get("ORDERMESH_HTTP_HOST", "127.0.0.1"),
             http_port=int(e.get("ORDERMESH_HTTP_PORT", "8000")),
+            grpc_port=int(e.get("ORDERMESH_GRPC_PORT", "50051")),
             snapshot_every=int(e.get("ORDERMESH_SNAPSHOT_EVERY", "100")),
         )

@@ -1,25 +1,76 @@
-"""``ordermesh up``: the whole system in one foreground process with embedded defaults."""
+"""``ordermesh up``: the whole system in one foreground process with embedded defaults.
+
+REST (uvicorn) and gRPC (grpc.aio) share one event loop and one ``OrderSystem``. Ctrl-C or
+SIGTERM: REST stops taking requests, open gRPC streams end with UNAVAILABLE (clients resume from
+their last position), the servers drain for a moment, the read models stop, the database closes.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Generator
 
 import uvicorn
 from rich.console import Console
 
 from ordermesh.config import Settings
 from ordermesh.http.auth import Tokens
+from ordermesh.rpc.server import build_server, stop_server
 from ordermesh.services.orders.app import create_order_app
+from ordermesh.services.orders.grpc_api import SERVICE_NAME, OrderGrpcService
+from ordermesh.services.orders.runtime import build_order_system
 
 
-def run_system(settings: Settings, host: str | None, port: int | None, console: Console) -> None:
-    host = host or settings.http_host
-    port = port or settings.http_port
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: ``serve_all`` owns SIGINT/SIGTERM, so shutdown
+    can stop gRPC and close the database after HTTP has drained."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve_all(settings: Settings, host: str, http_port: int, grpc_port: int, console: Console) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_order_app(settings)
-    token = Tokens(settings).issue("dev-user")
+    system = await build_order_system(settings.effective_database_url, snapshot_every=settings.snapshot_every)
+    await system.start()
+    app = create_order_app(settings, system)
+    tokens: Tokens = app.state.tokens
+    orders_rpc = OrderGrpcService(system)
+    grpc_server = build_server(
+        registrations=[orders_rpc.register],
+        service_names=[SERVICE_NAME],
+        tokens=tokens,
+        metrics=app.state.metrics.registry,
+    )
+    grpc_server.add_insecure_port(f"{host}:{grpc_port}")
+    await grpc_server.start()
+    http = _Uvicorn(uvicorn.Config(app, host=host, port=http_port, log_level="info", access_log=False))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(http, "should_exit", True))
+    _banner(settings, host, http_port, grpc_port, tokens.issue("dev-user"), console)
+    try:
+        await http.serve()
+    finally:
+        orders_rpc.shutdown()
+        await stop_server(grpc_server, grace=2.0)
+        await system.close()
+        console.print("ordermesh stopped")
+
+
+def _banner(
+    settings: Settings, host: str, http_port: int, grpc_port: int, token: str, console: Console
+) -> None:
     console.rule("[bold]ordermesh")
     console.print(f"database      {settings.effective_database_url}")
-    console.print(f"REST API      http://{host}:{port}/api   (docs: http://{host}:{port}/docs)")
-    console.print(f"health        http://{host}:{port}/readyz   metrics: http://{host}:{port}/metrics")
+    console.print(f"REST API      http://{host}:{http_port}/api   (docs: http://{host}:{http_port}/docs)")
+    console.print(f"gRPC          {host}:{grpc_port}   ({SERVICE_NAME}; health and reflection on)")
+    console.print(
+        f"health        http://{host}:{http_port}/readyz   metrics: http://{host}:{http_port}/metrics"
+    )
     if settings.uses_dev_secret:
         console.print(
             "[yellow]JWT secret    the development default: set ORDERMESH_JWT_SECRET in production[/yellow]"
@@ -28,8 +79,25 @@ def run_system(settings: Settings, host: str | None, port: int | None, console: 
     console.print(f"export ORDERMESH_TOKEN={token}", soft_wrap=True)
     console.print(
         f'try           curl -H "Authorization: Bearer $ORDERMESH_TOKEN" '
-        f"http://{host}:{port}/api/users/dev-user/orders",
+        f"http://{host}:{http_port}/api/users/dev-user/orders",
         soft_wrap=True,
     )
     console.print("Ctrl-C stops.")
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+def run_system(
+    settings: Settings, host: str | None, http_port: int | None, grpc_port: int | None, console: Console
+) -> None:
+    main = serve_all(
+        settings,
+        host or settings.http_host,
+        http_port or settings.http_port,
+        grpc_port or settings.grpc_port,
+        console,
+    )
+    try:
+        import uvloop
+
+        uvloop.run(main)
+    except ImportError:  # uvloop comes with uvicorn[standard]; plain asyncio works the same
+        asyncio.run(main)

@@ -25,10 +25,18 @@ def cli(env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-def start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
-    """Run `ordermesh up` on a free port with its own data dir; return once /readyz answers 200."""
-    port = free_port()
-    env = {**os.environ, "ORDERMESH_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"}
+def start_up(
+    tmp_path: Path, port: int | None = None, grpc_port: int | None = None
+) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
+    """Run `ordermesh up` (free ports unless given, its own data dir); return once /readyz answers
+    200. The gRPC port is in the returned env as ORDERMESH_GRPC_PORT."""
+    port = port or free_port()
+    env = {
+        **os.environ,
+        "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
+        "ORDERMESH_GRPC_PORT": str(grpc_port or free_port()),
+        "COLUMNS": "200",
+    }
     env.pop("ORDERMESH_DATABASE_URL", None)
     proc = subprocess.Popen(
         [str(BIN), "up", "--port", str(port)],

@@ -25,6 +25,7 @@ import orjson
 import urllib3
 
 from ordermesh import errors
+from ordermesh.http.problems import error_from_problem
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRYABLE_STATUS = frozenset({502, 503, 504})
@@ -48,33 +49,9 @@ def _order_events(order_id: str) -> _Request:
     return _Request("GET", f"/api/orders/{quote(order_id, safe='')}/events", field="events")
 
 
-def _problem(status: int, body: bytes) -> errors.OrdermeshError:
-    try:
-        doc = orjson.loads(body)
-        detail = str(doc.get("detail") or doc)
-        slug = str(doc.get("type", "")).rsplit("/", 1)[-1]
-    except (orjson.JSONDecodeError, AttributeError):
-        detail, slug = body.decode(errors="replace")[:500] or f"HTTP {status}", ""
-    if status == 401:
-        return errors.Unauthenticated(detail)
-    if status == 403:
-        return errors.PermissionDenied(detail)
-    if status == 404:
-        return errors.NotFound(detail)
-    if status == 409:
-        if slug == "idempotency-key-in-use":
-            return errors.IdempotencyKeyInUse(detail)
-        return errors.DomainError(detail)
-    if status == 422:
-        if slug == "idempotency-key-reused":
-            return errors.IdempotencyKeyReused(detail)
-        return errors.ValidationError(detail)
-    return errors.InfrastructureError(f"HTTP {status}: {detail}")
-
-
 def _decode(req: _Request, status: int, body: bytes) -> Any:
     if status >= 400:
-        raise _problem(status, body)
+        raise error_from_problem(status, body)
     doc: Any = orjson.loads(body) if body else None
     return doc[req.field] if req.field else doc
 

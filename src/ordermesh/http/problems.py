@@ -177,3 +177,32 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(errors.OrdermeshError, on_domain)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+def error_from_problem(status: int, body: bytes) -> errors.OrdermeshError:
+    """The error a problem document stands for (clients, and replays of saved refusals)."""
+    violations: list[errors.FieldViolation] = []
+    try:
+        doc = orjson.loads(body)
+        detail = str(doc.get("detail") or doc)
+        slug = str(doc.get("type", "")).rsplit("/", 1)[-1]
+        violations = [
+            errors.FieldViolation(v["field"], v["description"]) for v in doc.get("violations") or []
+        ]
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+        detail, slug = body.decode(errors="replace")[:500] or f"HTTP {status}", ""
+    if status == 401:
+        return errors.Unauthenticated(detail)
+    if status == 403:
+        return errors.PermissionDenied(detail)
+    if status == 404:
+        return errors.NotFound(detail)
+    if status == 409:
+        if slug == "idempotency-key-in-use":
+            return errors.IdempotencyKeyInUse(detail)
+        return errors.DomainError(detail)
+    if status == 422:
+        if slug == "idempotency-key-reused":
+            return errors.IdempotencyKeyReused(detail)
+        return errors.ValidationError(detail, violations)
+    return errors.InfrastructureError(f"HTTP {status}: {detail}")

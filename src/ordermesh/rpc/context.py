@@ -4,7 +4,7 @@ the services: handlers see a user id and a deadline, nothing else)."""
 from __future__ import annotations
 
 import time
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 _principal: ContextVar[str | None] = ContextVar("ordermesh_principal", default=None)
 _deadline: ContextVar[float | None] = ContextVar("ordermesh_deadline", default=None)
@@ -23,3 +23,22 @@ def remaining_seconds() -> float | None:
     on to anything the handler calls."""
     deadline = _deadline.get()
     return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+# Setters for the interceptors (``ordermesh.rpc.interceptors``). Every call runs in a fresh
+# context, so nothing set here outlives the call; the tokens let tests undo a value.
+
+
+def set_principal(user_id: str | None) -> Token[str | None]:
+    """Make ``user_id`` the caller for the rest of the current call."""
+    return _principal.set(user_id)
+
+
+def principal_or_none() -> str | None:
+    """The caller if one is authenticated (logging, public methods), else None."""
+    return _principal.get()
+
+
+def set_deadline(deadline: float | None) -> Token[float | None]:
+    """The current call's deadline on the ``time.monotonic()`` clock; None for none."""
+    return _deadline.set(deadline)

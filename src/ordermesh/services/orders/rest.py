@@ -3,7 +3,6 @@ nothing is re-validated on the way out, which is why reads beat a bare FastAPI e
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -13,14 +12,12 @@ from starlette.responses import Response
 
 from ordermesh.errors import (
     FieldViolation,
-    IdempotencyError,
-    OrdermeshError,
     Unauthenticated,
     ValidationError,
 )
 from ordermesh.http.auth import Tokens
-from ordermesh.http.idempotency import SavedResponse
-from ordermesh.http.problems import PROBLEM, documented, error_response
+from ordermesh.http.problems import PROBLEM, documented
+from ordermesh.services.orders.commands import create_order_outcome
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import OrderSystem
 from ordermesh.services.orders.schemas import ID_PATTERN, CreateOrder, Order, OrderHistory, OrderList
@@ -115,48 +112,19 @@ async def create_order(
         ),
     ] = None,
 ) -> Response:
-    system = _system(request)
-    if idempotency_key is None:
-        return await _create(system, body, user)
-    fingerprint = hashlib.sha256(orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()
-    saved = await system.idempotency.begin(user, idempotency_key, fingerprint)
-    if saved is not None:
-        return _replay(saved)
-    try:
-        response = await _create(system, body, user)
-    except IdempotencyError:
-        raise
-    except OrdermeshError as exc:
-        response = error_response(exc)
-        if response.status_code >= 500:
-            await system.idempotency.release(user, idempotency_key)
-            return response
-    except BaseException:
-        await system.idempotency.release(user, idempotency_key)
-        raise
-    await system.idempotency.complete(
-        user, idempotency_key, SavedResponse(response.status_code, bytes(response.body))
-    )
-    return response
-
-
-async def _create(system: OrderSystem, body: CreateOrder, user: str) -> Response:
     lines = [OrderLine(i.sku, i.quantity, i.unit_price) for i in body.items]
-    order = await system.service.create_order(user, body.user_email, body.currency, lines)
-    return Response(orjson.dumps(order), 201, media_type=JSON, headers={"Location": _order_url(order["id"])})
+    outcome = await create_order_outcome(
+        _system(request), user, body.user_email, body.currency, lines, idempotency_key
+    )
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+    if outcome.status == 201:
+        headers["Location"] = _order_url(orjson.loads(outcome.body)["id"])
+    media_type = JSON if outcome.status < 400 else PROBLEM
+    return Response(outcome.body, outcome.status, media_type=media_type, headers=headers)
 
 
 def _order_url(order_id: str) -> str:
     return f"/api/orders/{order_id}"
-
-
-def _replay(saved: SavedResponse) -> Response:
-    """The first response again, headers included (only its status and body are stored)."""
-    headers = {"Idempotent-Replayed": "true"}
-    if saved.status == 201:
-        headers["Location"] = _order_url(orjson.loads(saved.body)["id"])
-    media_type = JSON if saved.status < 400 else PROBLEM
-    return Response(saved.body, saved.status, media_type=media_type, headers=headers)
 
 
 @router.get(

@@ -1,0 +1,194 @@
+"""The order service over gRPC: protobuf at the edge, the same ``OrderService`` use cases inside.
+
+Authentication, deadlines, error statuses, metrics and logging live in the interceptors
+(``ordermesh.rpc``); handlers read the caller from ``current_principal()`` and raise
+``OrdermeshError``s like any other use-case code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import orjson
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ordermesh.errors import FieldViolation, ValidationError
+from ordermesh.http.problems import error_from_problem
+from ordermesh.orders.v1 import orders_pb2 as pb
+from ordermesh.orders.v1 import orders_pb2_grpc as pb_grpc
+from ordermesh.rpc.context import current_principal
+from ordermesh.services.orders.commands import create_order_outcome
+from ordermesh.services.orders.events import OrderLine
+from ordermesh.services.orders.runtime import OrderSystem
+from ordermesh.services.orders.updates import OrderFeed
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrderService"].full_name
+_INT32_MAX = 2**31 - 1
+
+
+def timestamp(iso: str | None) -> Timestamp | None:
+    if not iso:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(datetime.fromisoformat(iso))
+    return ts
+
+
+def order_pb(doc: Mapping[str, Any]) -> pb.Order:
+    """The REST order resource as a protobuf ``Order``, field for field."""
+    optional = {
+        k: doc[k]
+        for k in ("payment_id", "reservation_id", "tracking_id", "cancel_reason", "failure_reason")
+        if doc.get(k) is not None
+    }
+    return pb.Order(
+        id=doc["id"],
+        user_id=doc["user_id"],
+        user_email=doc["user_email"],
+        items=[
+            pb.OrderItem(sku=i["sku"], quantity=i["quantity"], unit_price=i["unit_price"])
+            for i in doc["items"]
+        ],
+        currency=doc["currency"],
+        total=doc["total"],
+        status=doc["status"],
+        created_at=timestamp(doc.get("created_at")),
+        updated_at=timestamp(doc.get("updated_at")),
+        version=doc["version"],
+        stock_released=doc["stock_released"],
+        refunded_amount=doc["refunded_amount"],
+        **optional,
+    )
+
+
+class _ListCache:
+    """Read-model bodies already turned into responses: a user's list changes only when an event
+    arrives, while it is read far more often. Keyed by the stored bytes, so never stale."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._entries: OrderedDict[bytes, pb.GetUserOrdersResponse] = OrderedDict()
+        self._size = size
+
+    def response(self, raw: bytes) -> pb.GetUserOrdersResponse:
+        hit = self._entries.get(raw)
+        if hit is not None:
+            self._entries.move_to_end(raw)
+            return hit
+        docs = orjson.loads(raw)["orders"]
+        response = pb.GetUserOrdersResponse(orders=[order_pb(d) for d in docs])
+        self._entries[raw] = response
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+        return response
+
+
+class OrderGrpcService(pb_grpc.OrderServiceServicer):
+    def __init__(self, system: OrderSystem) -> None:
+        self._system = system
+        self._service = system.service
+        self.stopping = asyncio.Event()
+        self._feed = OrderFeed(system.service, self.stopping)
+        self._lists = _ListCache()
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_OrderServiceServicer_to_server(self, server)
+
+    def shutdown(self) -> None:
+        """End every open stream with UNAVAILABLE (clients resume from their last position)."""
+        self.stopping.set()
+
+    async def GetUserOrders(
+        self, request: pb.GetUserOrdersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetUserOrdersResponse:
+        _require("user_id", request.user_id)
+        raw = await self._service.user_orders_json(request.user_id, current_principal())
+        return self._lists.response(raw)
+
+    async def GetOrder(
+        self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Order:
+        _require("order_id", request.order_id)
+        user = current_principal()
+        which = request.WhichOneof("at")
+        if which is None:
+            return order_pb(await self._service.get_order(request.order_id, user))
+        if which == "version":
+            if not 1 <= request.version <= _INT32_MAX:
+                raise _invalid("version", "must be 1 or more")
+            doc = await self._service.get_order_at(request.order_id, user, version=request.version)
+        else:
+            as_of = request.as_of.ToDatetime(tzinfo=UTC)
+            doc = await self._service.get_order_at(request.order_id, user, as_of=as_of)
+        return order_pb(doc)
+
+    async def GetOrderHistory(
+        self, request: pb.GetOrderHistoryRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetOrderHistoryResponse:
+        _require("order_id", request.order_id)
+        events = await self._service.history(request.order_id, current_principal())
+        return pb.GetOrderHistoryResponse(
+            events=[
+                pb.OrderEvent(
+                    type=e["type"],
+                    version=e["version"],
+                    position=e["position"],
+                    occurred_at=timestamp(e["occurred_at"]),
+                    schema_version=e["schema_version"],
+                    data_json=orjson.dumps(e["data"]).decode(),
+                )
+                for e in events
+            ]
+        )
+
+    async def CreateOrder(
+        self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Order:
+        lines = [OrderLine(i.sku, i.quantity, i.unit_price) for i in request.items]
+        outcome = await create_order_outcome(
+            self._system,
+            current_principal(),
+            request.user_email,
+            request.currency,
+            lines,
+            request.idempotency_key or None,
+        )
+        if outcome.status != 201:
+            raise error_from_problem(outcome.status, outcome.body)
+        return order_pb(orjson.loads(outcome.body))
+
+    async def StreamOrderUpdates(
+        self, request: pb.StreamRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.OrderUpdate]:
+        target = request.WhichOneof("target")
+        if target is None:
+            raise _invalid("target", "give user_id or order_id")
+        updates = self._feed.updates(
+            current_principal(),
+            user_id=request.user_id if target == "user_id" else None,
+            order_id=request.order_id if target == "order_id" else None,
+            after_position=request.after_position,
+        )
+        async for event, order in updates:
+            yield pb.OrderUpdate(
+                position=event.position,
+                order_id=order["id"],
+                version=event.version,
+                event_type=event.type,
+                occurred_at=timestamp(order["updated_at"]),
+                data_json=orjson.dumps(self._service.repository.codec.upcast_data(event)[1]).decode(),
+                order=order_pb(order),
+            )
+
+
+def _invalid(field: str, description: str) -> ValidationError:
+    return ValidationError(f"{field}: {description}", [FieldViolation(field, description)])
+
+
+def _require(field: str, value: str) -> None:
+    if not value:
+        raise _invalid(field, "is required")
