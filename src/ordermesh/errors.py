@@ -1,7 +1,8 @@
 """The one error hierarchy of ordermesh.
 
 Every error a caller can act on derives from :class:`OrdermeshError`; transports map the classes
-to their own codes at the edge (see ``ordermesh.http.errors``), so domain code never knows HTTP::
+to their own codes at the edge (``ordermesh.http.problems``, ``ordermesh.rpc.status``), so
+domain code never knows HTTP or gRPC::
 
     OrdermeshError
     ├── DomainError              a business rule said no                     -> 409 / FAILED_PRECONDITION
