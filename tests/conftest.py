@@ -66,3 +66,34 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/test.db"
     return str(request.getfixturevalue("pg_url"))
+
+
+AMQP_URL = os.environ.get("ORDERMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+AMQP_HOW = (
+    "RabbitMQ is not reachable at {url} ({error}). Start it with `rabbitmq-server -detached` "
+    "or point ORDERMESH_TEST_AMQP_URL at a server."
+)
+
+
+def require_rabbitmq() -> None:
+    """Outside CI a missing RabbitMQ skips; under CI=true it fails, saying how to start one."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(AMQP_URL)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=3).close()
+    except OSError as exc:
+        message = AMQP_HOW.format(url=AMQP_URL, error=exc)
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """One URL per broker adapter; RabbitMQ gets a fresh name prefix per test."""
+    if request.param == "memory":
+        return "memory://"
+    require_rabbitmq()
+    return f"{AMQP_URL}?prefix=t{uuid.uuid4().hex[:10]}."

@@ -1,0 +1,28 @@
+"""Messaging: one broker port; in-memory, embedded (SQLite log) and RabbitMQ adapters."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from ordermesh.messaging.port import Broker
+
+
+async def open_broker(url: str) -> Broker:
+    """``memory://``, or ``amqp://user:pass@host:port/vhost[?prefix=NAMESPACE&quorum=1]``."""
+    if url.startswith("memory://"):
+        from ordermesh.messaging.memory import MemoryBroker
+
+        return MemoryBroker()
+    if url.startswith(("amqp://", "amqps://")):
+        from ordermesh.messaging.rabbitmq import RabbitBroker
+
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        prefix = query.pop("prefix", [""])[0]
+        quorum = query.pop("quorum", ["0"])[0] in {"1", "true", "yes"}
+        rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
+        return await RabbitBroker.open(urlunsplit(parts._replace(query=rest)), prefix=prefix, quorum=quorum)
+    raise ValueError(f"unsupported broker URL {url!r}: use memory:// or amqp://…")
+
+
+__all__ = ["Broker", "open_broker"]
