@@ -1,0 +1,152 @@
+"""The outbox relay on every database: every order event becomes one message, in order, and a
+relay killed mid-batch loses nothing and (with an inbox) has no duplicate effect."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from ordermesh.db import connect
+from ordermesh.eventstore.subscription import CheckpointStore, MemoryCheckpoints, SqlCheckpoints
+from ordermesh.messaging.inbox import MemoryInbox
+from ordermesh.messaging.memory import MemoryBroker
+from ordermesh.messaging.port import Delivery, Message, Unroutable
+from ordermesh.messaging.relay import OutboxRelay
+from ordermesh.services.orders.events import OrderLine
+from ordermesh.services.orders.outbox import EXCHANGE, OrderMessages
+from ordermesh.services.orders.runtime import OrderSystem, build_order_system
+
+LINES = [OrderLine("A", 2, 150)]
+
+
+@dataclass
+class Env:
+    system: OrderSystem
+    checkpoints: CheckpointStore
+    broker: MemoryBroker
+
+    def relay(self, broker: object | None = None, batch: int = 500) -> OutboxRelay:
+        return OutboxRelay(
+            self.system.store,
+            self.checkpoints,
+            broker or self.broker,  # type: ignore[arg-type]
+            EXCHANGE,
+            OrderMessages(self.system.service),
+            batch=batch,
+        )
+
+
+@pytest.fixture
+async def env(database_url: str) -> AsyncIterator[Env]:
+    system = await build_order_system(database_url)
+    broker = MemoryBroker()
+    await broker.declare_exchange(EXCHANGE)
+    if database_url.startswith("memory://"):
+        yield Env(system, MemoryCheckpoints(), broker)
+    else:
+        db = await connect(database_url)
+        yield Env(system, await SqlCheckpoints.open(db), broker)
+        await db.close()
+    await broker.close()
+    await system.close()
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.got: list[Delivery] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, d: Delivery) -> None:
+        self.got.append(d)
+        self.changed.set()
+
+    async def wait_for(self, n: int) -> list[Delivery]:
+        async def until() -> None:
+            while len(self.got) < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(until(), 10)
+        return self.got
+
+
+async def test_every_order_event_becomes_one_message_in_order(env: Env) -> None:
+    seen = Collector()
+    await env.broker.subscribe("audit", EXCHANGE, ["order.#"], seen, prefetch=1)
+    service = env.system.service
+    order = await service.create_order("u1", "u1@example.com", "EUR", LINES)
+    await service.change(order["id"], lambda o, now: o.record_payment("p1", 300, "EUR", now))
+    await service.change(order["id"], lambda o, now: o.reserve_stock("r1", now))
+    await service.change(order["id"], lambda o, now: o.ship("TRACK-9", now))
+    while await env.relay().step():
+        pass
+    got = await seen.wait_for(4)
+    assert [d.message.routing_key for d in got] == [
+        "order.created",
+        "order.paid",
+        "order.stock_reserved",
+        "order.shipped",
+    ]
+    bodies = [d.message.payload() for d in got]
+    assert {b["id"] for b in bodies} == {order["id"]} and bodies[0]["user_email"] == "u1@example.com"
+    assert bodies[-1]["tracking_id"] == "TRACK-9" and bodies[-1]["status"] == "shipped"
+    history = await service.history(order["id"], None)
+    stored = await env.system.store.read_stream(f"order-{order['id']}")
+    assert [d.message.message_id for d in got] == [e.event_id for e in stored]
+    assert len(history) == 4
+    status = await env.relay().status()
+    assert status.pending == 0 and status.position == status.head
+
+
+class CrashAfterPublish:
+    """Publishes, then 'dies' before the relay can move its checkpoint."""
+
+    def __init__(self, inner: MemoryBroker) -> None:
+        self.inner = inner
+
+    async def declare_exchange(self, exchange: str) -> None:
+        await self.inner.declare_exchange(exchange)
+
+    async def publish(self, exchange: str, messages: Sequence[Message]) -> None:
+        await self.inner.publish(exchange, messages)
+        raise ConnectionResetError("relay killed after the confirms, before the checkpoint")
+
+
+async def test_a_relay_killed_mid_batch_republishes_and_the_inbox_absorbs_it(env: Env) -> None:
+    inbox, effects = MemoryInbox("mailer"), []
+    seen = Collector()
+
+    async def handler(d: Delivery) -> None:
+        async def effect(_: object) -> None:
+            effects.append(d.message.message_id)
+
+        await inbox.once(d.message.message_id, effect)
+        await seen(d)
+
+    await env.broker.subscribe("mailer", EXCHANGE, ["order.*"], handler, prefetch=1)
+    service = env.system.service
+    ids = [(await service.create_order("u1", "u1@example.com", "EUR", LINES))["id"] for _ in range(5)]
+
+    with pytest.raises(ConnectionResetError):
+        await env.relay(CrashAfterPublish(env.broker), batch=3).step()
+    while await env.relay(batch=3).step():  # the restarted relay
+        pass
+    await seen.wait_for(8)  # 3 published twice + 5
+    created = [d.message.payload()["id"] for d in seen.got]
+    assert created[:3] == ids[:3] and created[3:] == ids, "everything published, in order"
+    assert sorted(effects) == sorted(set(effects)) and len(effects) == 5, "one effect per message"
+
+
+async def test_unroutable_is_an_error_the_relay_reports_and_retries(env: Env) -> None:
+    await env.system.service.create_order("u1", "u1@example.com", "EUR", LINES)
+    relay = env.relay()
+    with pytest.raises(Unroutable):
+        await relay.step()
+    assert (await relay.status()).pending == 1  # nothing was marked sent
+    seen = Collector()
+    await env.broker.subscribe("late", EXCHANGE, ["order.created"], seen)
+    assert await relay.step() == 1
+    await seen.wait_for(1)
