@@ -20,10 +20,23 @@ class Settings:
     http_port: int = 8000
     grpc_port: int = 50051
     snapshot_every: int = 100
+    broker_url: str = ""
+    smtp_url: str = ""
+    mail_sink_port: int = 8025
 
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'orders.db').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        """``amqp://…`` for RabbitMQ; unset: the embedded broker, a SQLite file in the data dir."""
+        return self.broker_url or f"sqlite:///{(self.data_dir / 'broker.db').resolve()}"
+
+    @property
+    def effective_smtp_url(self) -> str:
+        """Unset: the embedded mail sink that `ordermesh up` starts."""
+        return self.smtp_url or f"smtp://127.0.0.1:{self.mail_sink_port}"
 
     @property
     def uses_dev_secret(self) -> bool:
@@ -40,4 +53,7 @@ class Settings:
             http_port=int(e.get("ORDERMESH_HTTP_PORT", "8000")),
             grpc_port=int(e.get("ORDERMESH_GRPC_PORT", "50051")),
             snapshot_every=int(e.get("ORDERMESH_SNAPSHOT_EVERY", "100")),
+            broker_url=e.get("ORDERMESH_BROKER_URL", ""),
+            smtp_url=e.get("ORDERMESH_SMTP_URL", ""),
+            mail_sink_port=int(e.get("ORDERMESH_MAIL_SINK_PORT", "8025")),
         )
