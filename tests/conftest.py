@@ -90,10 +90,12 @@ def require_rabbitmq() -> None:
         pytest.skip(message)
 
 
-@pytest.fixture(params=["memory", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
-def broker_url(request: pytest.FixtureRequest) -> str:
-    """One URL per broker adapter; RabbitMQ gets a fresh name prefix per test."""
+@pytest.fixture(params=["memory", "sqlite", pytest.param("amqp", marks=pytest.mark.rabbitmq)])
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One URL per broker adapter; SQLite a fresh file, RabbitMQ a fresh name prefix per test."""
     if request.param == "memory":
         return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
     require_rabbitmq()
     return f"{AMQP_URL}?prefix=t{uuid.uuid4().hex[:10]}."

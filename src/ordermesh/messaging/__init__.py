@@ -8,11 +8,16 @@ from ordermesh.messaging.port import Broker
 
 
 async def open_broker(url: str) -> Broker:
-    """``memory://``, or ``amqp://user:pass@host:port/vhost[?prefix=NAMESPACE&quorum=1]``."""
+    """``memory://``, ``sqlite:///PATH[?lease=SECONDS&poll=SECONDS]`` (embedded, no server), or
+    ``amqp://user:pass@host:port/vhost[?prefix=NAMESPACE&quorum=1]``."""
     if url.startswith("memory://"):
         from ordermesh.messaging.memory import MemoryBroker
 
         return MemoryBroker()
+    if url.startswith("sqlite:///"):
+        from ordermesh.messaging.embedded import EmbeddedBroker
+
+        return await EmbeddedBroker.open_url(url)
     if url.startswith(("amqp://", "amqps://")):
         from ordermesh.messaging.rabbitmq import RabbitBroker
 
@@ -22,7 +27,7 @@ async def open_broker(url: str) -> Broker:
         quorum = query.pop("quorum", ["0"])[0] in {"1", "true", "yes"}
         rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
         return await RabbitBroker.open(urlunsplit(parts._replace(query=rest)), prefix=prefix, quorum=quorum)
-    raise ValueError(f"unsupported broker URL {url!r}: use memory:// or amqp://…")
+    raise ValueError(f"unsupported broker URL {url!r}: use memory://, sqlite:///PATH or amqp://…")
 
 
 __all__ = ["Broker", "open_broker"]
