@@ -1,14 +1,20 @@
-"""Server interceptors (grpc.aio): everything a call needs besides its handler.
+"""The server interceptor (grpc.aio): everything a call needs besides its handler.
 
-Each interceptor wraps the ``RpcMethodHandler`` that ``continuation`` returns, of any kind (unary
-or streamed request and response; coroutine, async generator or plain function, dispatched as
-grpc.aio itself does), so handlers hold no cross-cutting code. :class:`CallInterceptor` does the
-wrapping; a subclass sees each call through :meth:`~CallInterceptor.unary` (one response) and
-:meth:`~CallInterceptor.stream` (streamed responses). Every call runs in its own task and
-context, so context variables set by one interceptor are seen by those inside it, the handler
-(an async generator included) and, once the inner ones return, those outside it.
+:class:`CallInterceptor` wraps the ``RpcMethodHandler`` that ``continuation`` returns, of any kind
+(unary or streamed request and response; coroutine, async generator or plain function, dispatched
+as grpc.aio itself does), so handlers hold no cross-cutting code. One wrapper does, outermost
+first, what used to be five interceptors:
 
-``build_server`` installs them outermost first: logging, metrics, errors, auth, deadline.
+1. logging and metrics: they see every outcome, rejections included, with the final code and the
+   whole duration;
+2. errors: the one place that turns exceptions into statuses (so auth just raises
+   ``Unauthenticated``), and undecodable requests into INVALID_ARGUMENT;
+3. auth: the bearer token's subject becomes the principal (public methods need none);
+4. deadline: the call's deadline, and the server's default timer around the handler alone.
+
+The wrapped handler is built once per method (and handler) and reused; per call there is one
+coroutine (or async generator) layer. Every call runs in its own task and context, so the context
+variables set here (principal, deadline) are seen by the handler, an async generator included.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -31,6 +37,9 @@ from ordermesh.rpc.context import principal_or_none, set_deadline, set_principal
 from ordermesh.rpc.status import to_grpc_status
 
 log = logging.getLogger("ordermesh.rpc")
+# Live streams report their message count every this many messages, not only when they end
+# (counting each message costs ~2.4 µs; a batch of them costs nothing measurable).
+_FLUSH_EVERY = 64
 
 #: Methods anyone may call: health checks and reflection carry no token.
 PUBLIC_METHOD_PREFIXES = (
@@ -40,8 +49,7 @@ PUBLIC_METHOD_PREFIXES = (
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
-Proceed = Callable[[Any], Awaitable[Any]]
-ProceedStream = Callable[[Any], AsyncGenerator[Any, None]]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _Deserializer = Callable[[bytes], Any]
 
 _FACTORIES = {
@@ -51,30 +59,124 @@ _FACTORIES = {
     (True, True): grpc.stream_stream_rpc_method_handler,
 }
 _END = object()
+_OK = grpc.StatusCode.OK
+_NO_DEADLINE = 10 * 365 * 86400.0  # older grpc versions report "none" as a far future
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """One incoming call, as the interceptors see it."""
+class Metrics:
+    """Prometheus: calls by method and code, latency by method (a stream's lasts until it ends),
+    messages sent on server streams by method."""
 
-    method: str  # "/package.Service/Method"
-    context: Context
-    request_streaming: bool
-    response_streaming: bool
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "ordermesh_grpc_calls", "gRPC calls answered", ["method", "code"], registry=registry
+        )
+        self.latency = Histogram(
+            "ordermesh_grpc_call_seconds",
+            "gRPC call duration (streams: until the stream ends)",
+            ["method"],
+            registry=registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.messages = Counter(
+            "ordermesh_grpc_stream_messages", "Messages sent on server streams", ["method"], registry=registry
+        )
+
+
+class _Method:
+    """What the wrapper of one method needs per call, computed once: its name, whether it is
+    public, and its metric children (calls per code, latency, messages)."""
+
+    __slots__ = ("_calls", "_metrics", "latency", "messages", "name", "public", "response_streaming")
+
+    def __init__(self, name: str, public: bool, response_streaming: bool, metrics: Metrics | None) -> None:
+        self.name = name
+        self.public = public
+        self.response_streaming = response_streaming
+        self._metrics = metrics
+        self._calls: dict[grpc.StatusCode, Any] = {}
+        self.latency = None if metrics is None else metrics.latency.labels(name)
+        self.messages = None if metrics is None or not response_streaming else metrics.messages.labels(name)
+
+    def record(self, context: Context, error: BaseException | None, seconds: float, messages: int) -> None:
+        """The call ended: count it, time it, and log it (when INFO is on for ``ordermesh.rpc``)."""
+        metrics = self._metrics
+        logging_on = log.isEnabledFor(logging.INFO)
+        if metrics is None and not logging_on:
+            return
+        code = _outcome(context, error)
+        if metrics is not None:
+            if messages % _FLUSH_EVERY and self.messages is not None:
+                self.messages.inc(messages % _FLUSH_EVERY)  # the rest went in while streaming
+            calls = self._calls.get(code)
+            if calls is None:
+                calls = self._calls[code] = metrics.calls.labels(self.name, code.name)
+            calls.inc()
+            assert self.latency is not None
+            self.latency.observe(seconds)
+        if logging_on:
+            self._log(code, seconds, messages)
+
+    def _log(self, code: grpc.StatusCode, seconds: float, messages: int) -> None:
+        """One INFO line per call: method, code, duration, user (and messages for streams), in
+        the text as key=value and as ``rpc_*`` record attributes."""
+        user = principal_or_none()
+        fields: dict[str, Any] = {
+            "rpc_method": self.name,
+            "rpc_code": code.name,
+            "rpc_duration_ms": round(seconds * 1000, 3),
+            "rpc_user": user,
+        }
+        text = "rpc method=%s code=%s duration_ms=%.3f user=%s"
+        args: list[Any] = [self.name, code.name, seconds * 1000, user or "-"]
+        if self.response_streaming:
+            fields["rpc_messages"] = messages
+            text += " messages=%d"
+            args.append(messages)
+        log.info(text, *args, extra=fields)
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every handler; override :meth:`unary` and :meth:`stream` (both pass through)."""
+    """Logging, metrics (``metrics=None``: none), errors, auth (the bearer token of
+    ``authorization: Bearer <jwt>`` metadata, on every method but those starting with one of
+    ``public``) and deadlines (``default`` seconds for calls with one response and no client
+    deadline), in that order, around every handler."""
+
+    def __init__(
+        self,
+        tokens: Tokens,
+        *,
+        metrics: CollectorRegistry | None = None,
+        default_deadline: float = 10.0,
+        public: Sequence[str] = PUBLIC_METHOD_PREFIXES,
+    ) -> None:
+        if default_deadline <= 0:
+            raise ValueError(f"default deadline must be positive, not {default_deadline}")
+        self._tokens = tokens
+        self._metrics = None if metrics is None else Metrics(metrics)
+        self.default_deadline = default_deadline
+        self._public = tuple(public)
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
-        return None if handler is None else self.wrap(handler, handler_call_details.method)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self.wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
-    def wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
+    def wrap(self, handler: Handler, method: str) -> Handler:
+        """``handler`` with every concern around it (built once per method and handler)."""
         kind = (handler.request_streaming, handler.response_streaming)
         behaviour: Callable[..., Any] | None = {
             (False, False): handler.unary_unary,
@@ -83,46 +185,133 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             (True, True): handler.stream_stream,
         }[kind]
         assert behaviour is not None, f"{method}: handler without a behaviour"
+        state = _Method(method, method.startswith(self._public), handler.response_streaming, self._metrics)
         wrapped: Callable[..., Any]
         if handler.response_streaming:
-
-            async def streamed(request: Any, context: Context) -> AsyncIterator[Any]:
-                call = Call(method, context, handler.request_streaming, True)
-                inner = self.stream(call, request, lambda r: _stream(behaviour, r, context))
-                async with aclosing(inner) as messages:
-                    async for message in messages:
-                        yield message
-
-            wrapped = streamed
+            wrapped = self._streamed(state, behaviour, handler.request_streaming)
         else:
-
-            async def unary(request: Any, context: Context) -> Any:
-                call = Call(method, context, handler.request_streaming, False)
-                return await self.unary(call, request, lambda r: _unary(behaviour, r, context))
-
-            wrapped = unary
+            wrapped = self._unary(state, behaviour, handler.request_streaming)
         return _FACTORIES[kind](
             wrapped,
-            request_deserializer=self.request_deserializer(handler.request_deserializer),
+            request_deserializer=_guarded(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
-    async def unary(self, call: Call, request: Any, proceed: Proceed) -> Any:
-        """A call with one response: ``await proceed(request)`` is the rest of the chain."""
-        return await proceed(request)
+    def _unary(
+        self, state: _Method, behaviour: Callable[..., Any], request_streaming: bool
+    ) -> Callable[[Any, Context], Awaitable[Any]]:
+        is_coroutine = inspect.iscoroutinefunction(behaviour)
+        default = self.default_deadline
+        authenticate = None if state.public else self._authenticate
+        answer = self._answer
 
-    def stream(self, call: Call, request: Any, proceed: ProceedStream) -> AsyncGenerator[Any, None]:
-        """A call with streamed responses: yield what ``proceed(request)`` yields."""
-        return proceed(request)
+        async def unary(request: Any, context: Context) -> Any:
+            start, error = time.perf_counter(), None
+            try:
+                try:
+                    request = _checked(request, request_streaming)
+                    if authenticate is not None:
+                        authenticate(context)
+                    remaining = _client_budget(context)
+                    if remaining is None:  # the server's default: a timer around the handler
+                        deadline = time.monotonic() + default
+                        set_deadline(deadline)
+                        timer = asyncio.timeout(default)
+                        try:
+                            async with timer:
+                                if is_coroutine:
+                                    return await behaviour(request, context)
+                                return await asyncio.to_thread(behaviour, request, context)
+                        except TimeoutError:
+                            if not (timer.expired() or time.monotonic() >= deadline):
+                                raise  # the handler's own timeout, before the deadline: a bug
+                            await context.abort(
+                                grpc.StatusCode.DEADLINE_EXCEEDED,
+                                f"deadline exceeded: the server's default of {default:g} s"
+                                " (send a deadline to choose another)",
+                            )
+                    else:  # the client's deadline: gRPC itself cancels the handler then
+                        deadline = time.monotonic() + remaining
+                        set_deadline(deadline)
+                        try:
+                            if is_coroutine:
+                                return await behaviour(request, context)
+                            return await asyncio.to_thread(behaviour, request, context)  # off the loop
+                        except TimeoutError:
+                            if time.monotonic() < deadline:
+                                raise
+                            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await answer(state, context, exc)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                state.record(context, error, time.perf_counter() - start, 0)
 
-    def request_deserializer(self, deserialize: _Deserializer | None) -> _Deserializer | None:
-        return deserialize
+        return unary
 
+    def _streamed(
+        self, state: _Method, behaviour: Callable[..., Any], request_streaming: bool
+    ) -> Callable[[Any, Context], AsyncIterator[Any]]:
+        authenticate = None if state.public else self._authenticate
+        answer = self._answer
 
-async def _unary(behaviour: Callable[..., Any], request: Any, context: Context) -> Any:
-    if inspect.iscoroutinefunction(behaviour):
-        return await behaviour(request, context)
-    return await asyncio.to_thread(behaviour, request, context)  # a plain function: off the loop
+        async def streamed(request: Any, context: Context) -> AsyncIterator[Any]:
+            start, error, count = time.perf_counter(), None, 0
+            try:
+                try:
+                    request = _checked(request, request_streaming)
+                    if authenticate is not None:
+                        authenticate(context)
+                    # streamed responses get no default deadline: they are live subscriptions,
+                    # ended by the client or by the server's shutdown
+                    remaining = _client_budget(context)
+                    deadline = None if remaining is None else time.monotonic() + remaining
+                    set_deadline(deadline)
+                    try:
+                        async with aclosing(_stream(behaviour, request, context)) as messages:
+                            async for message in messages:
+                                count += 1
+                                if count % _FLUSH_EVERY == 0 and state.messages is not None:
+                                    state.messages.inc(_FLUSH_EVERY)
+                                yield message
+                    except TimeoutError:
+                        if deadline is None or time.monotonic() < deadline:
+                            raise
+                        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await answer(state, context, exc)
+            except BaseException as exc:  # GeneratorExit too: the stream was dropped
+                error = exc
+                raise
+            finally:
+                state.record(context, error, time.perf_counter() - start, count)
+
+        return streamed
+
+    def _authenticate(self, context: Context) -> None:
+        """Makes the bearer token's subject the principal (``current_principal()``); raises
+        ``Unauthenticated`` (answered as UNAUTHENTICATED) when it is missing or does not verify."""
+        set_principal(self._tokens.verify(_bearer_token(context)))
+
+    @staticmethod
+    async def _answer(state: _Method, context: Context, exc: Exception) -> NoReturn:
+        """Answers what a handler raised: an ``OrdermeshError`` with its status and rich details
+        (``ordermesh.rpc.status``), anything else with INTERNAL and a generic message (logged
+        with its traceback: it is a bug). A status the handler chose stands: ``context.abort``,
+        or ``set_code`` before raising (as the generated base servicer does for UNIMPLEMENTED)."""
+        status = to_grpc_status(exc)
+        if status.code == grpc.StatusCode.INTERNAL:
+            chosen: grpc.StatusCode | None = context.code()
+            if chosen is not None and chosen != _OK:
+                await context.abort(chosen, context.details() or "")
+            log.error("%s failed: unexpected %s", state.name, type(exc).__name__, exc_info=exc)
+        await context.abort_with_status(status)
 
 
 async def _stream(behaviour: Callable[..., Any], request: Any, context: Context) -> AsyncGenerator[Any, None]:
@@ -138,30 +327,6 @@ async def _stream(behaviour: Callable[..., Any], request: Any, context: Context)
             yield message
 
 
-class AuthInterceptor(CallInterceptor):
-    """Verifies the bearer token (``authorization: Bearer <jwt>`` metadata) of every call but
-    public ones and makes its subject the principal (``current_principal()``); raises
-    ``Unauthenticated`` (answered as UNAUTHENTICATED) when it is missing or does not verify."""
-
-    def __init__(self, tokens: Tokens, public: Sequence[str] = PUBLIC_METHOD_PREFIXES) -> None:
-        self._tokens = tokens
-        self._public = tuple(public)
-
-    def authenticate(self, call: Call) -> None:
-        if not call.method.startswith(self._public):
-            set_principal(self._tokens.verify(_bearer_token(call.context)))
-
-    async def unary(self, call: Call, request: Any, proceed: Proceed) -> Any:
-        self.authenticate(call)
-        return await proceed(request)
-
-    async def stream(self, call: Call, request: Any, proceed: ProceedStream) -> AsyncGenerator[Any, None]:
-        self.authenticate(call)
-        async with aclosing(proceed(request)) as messages:
-            async for message in messages:
-                yield message
-
-
 def _bearer_token(context: Context) -> str:
     values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
     if not values:
@@ -173,103 +338,36 @@ def _bearer_token(context: Context) -> str:
     return token.strip()
 
 
-class DeadlineInterceptor(CallInterceptor):
-    """Sets the call's deadline (``remaining_seconds()``) from the client's. A call with one
-    response and no client deadline gets ``default`` seconds: then its handler is cancelled and
-    the client gets DEADLINE_EXCEEDED. (gRPC itself cancels handlers at the client's deadline.)
-    Streamed responses get no default: they are live subscriptions, ended by the client or by
-    the server's shutdown."""
-
-    def __init__(self, default: float = 10.0) -> None:
-        if default <= 0:
-            raise ValueError(f"default deadline must be positive, not {default}")
-        self.default = default
-
-    async def unary(self, call: Call, request: Any, proceed: Proceed) -> Any:
-        remaining = _client_budget(call.context)
-        budget = self.default if remaining is None else remaining
-        deadline = time.monotonic() + budget
-        set_deadline(deadline)
-        timer = asyncio.timeout(budget if remaining is None else None)
-        try:
-            async with timer:
-                return await proceed(request)
-        except TimeoutError:
-            if not (timer.expired() or time.monotonic() >= deadline):
-                raise  # the handler's own timeout, before the deadline: a bug, not ours to hide
-            detail = "deadline exceeded"
-            if remaining is None:
-                detail += f": the server's default of {self.default:g} s (send a deadline to choose another)"
-            await call.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, detail)
-
-    async def stream(self, call: Call, request: Any, proceed: ProceedStream) -> AsyncGenerator[Any, None]:
-        remaining = _client_budget(call.context)
-        deadline = None if remaining is None else time.monotonic() + remaining
-        set_deadline(deadline)
-        try:
-            async with aclosing(proceed(request)) as messages:
-                async for message in messages:
-                    yield message
-        except TimeoutError:
-            if deadline is None or time.monotonic() < deadline:
-                raise
-            await call.context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-
-
-_NO_DEADLINE = 10 * 365 * 86400.0  # older grpc versions report "none" as a far future
-
-
 def _client_budget(context: Context) -> float | None:
     remaining: float | None = context.time_remaining()
     return None if remaining is None or remaining >= _NO_DEADLINE else remaining
 
 
-class ErrorsInterceptor(CallInterceptor):
-    """Answers what a handler raises: an ``OrdermeshError`` with its status and rich details
-    (``ordermesh.rpc.status``), anything else with INTERNAL and a generic message (logged with
-    its traceback: it is a bug). A status the handler chose stands: ``context.abort``, or
-    ``set_code`` before raising (as the generated base servicer does for UNIMPLEMENTED). A
-    request that cannot be decoded is INVALID_ARGUMENT (grpc.aio alone would answer UNKNOWN)."""
+def _outcome(context: Context, error: BaseException | None) -> grpc.StatusCode:
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        remaining: float | None = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+    code: grpc.StatusCode | None = context.code()  # set by abort(), or by the handler
+    if code is not None:
+        return code
+    return _OK if error is None else grpc.StatusCode.UNKNOWN
 
-    def request_deserializer(self, deserialize: _Deserializer | None) -> _Deserializer | None:
-        if deserialize is None:
-            return None
-        inner = deserialize
 
-        def guarded(raw: bytes) -> Any:
-            try:
-                return inner(raw)
-            except Exception as exc:
-                return _Undecodable(str(exc) or type(exc).__name__)
+def _guarded(deserialize: _Deserializer | None) -> _Deserializer | None:
+    """A request that cannot be decoded becomes an :class:`_Undecodable`, answered with
+    INVALID_ARGUMENT by the wrapper (grpc.aio alone would answer UNKNOWN)."""
+    if deserialize is None:
+        return None
+    inner = deserialize
 
-        return guarded
-
-    async def unary(self, call: Call, request: Any, proceed: Proceed) -> Any:
+    def guarded(raw: bytes) -> Any:
         try:
-            return await proceed(_checked(request, call.request_streaming))
-        except grpc.aio.AbortError:
-            raise
+            return inner(raw)
         except Exception as exc:
-            await self._answer(call, exc)
+            return _Undecodable(str(exc) or type(exc).__name__)
 
-    async def stream(self, call: Call, request: Any, proceed: ProceedStream) -> AsyncGenerator[Any, None]:
-        try:
-            async with aclosing(proceed(_checked(request, call.request_streaming))) as messages:
-                async for message in messages:
-                    yield message
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await self._answer(call, exc)
-
-    async def _answer(self, call: Call, exc: Exception) -> NoReturn:
-        status = to_grpc_status(exc)
-        if status.code == grpc.StatusCode.INTERNAL:
-            chosen: grpc.StatusCode | None = call.context.code()
-            if chosen is not None and chosen != grpc.StatusCode.OK:
-                await call.context.abort(chosen, call.context.details() or "")
-            log.error("%s failed: unexpected %s", call.method, type(exc).__name__, exc_info=exc)
-        await call.context.abort_with_status(status)
+    return guarded
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,96 +392,3 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         if isinstance(request, _Undecodable):
             raise request.error()
         yield request
-
-
-class _Observer(CallInterceptor):
-    """Sees each call end (status code, seconds, messages streamed) and each message sent."""
-
-    def record(self, call: Call, code: grpc.StatusCode, seconds: float, messages: int) -> None:
-        raise NotImplementedError
-
-    def sent(self, call: Call) -> None:
-        """A streamed message was handed to gRPC."""
-
-    async def unary(self, call: Call, request: Any, proceed: Proceed) -> Any:
-        start, error = time.perf_counter(), None
-        try:
-            return await proceed(request)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self.record(call, _outcome(call.context, error), time.perf_counter() - start, 0)
-
-    async def stream(self, call: Call, request: Any, proceed: ProceedStream) -> AsyncGenerator[Any, None]:
-        start, error, count = time.perf_counter(), None, 0
-        try:
-            async with aclosing(proceed(request)) as messages:
-                async for message in messages:
-                    count += 1
-                    self.sent(call)
-                    yield message
-        except BaseException as exc:  # GeneratorExit too: the stream was dropped
-            error = exc
-            raise
-        finally:
-            self.record(call, _outcome(call.context, error), time.perf_counter() - start, count)
-
-
-def _outcome(context: Context, error: BaseException | None) -> grpc.StatusCode:
-    if isinstance(error, asyncio.CancelledError | GeneratorExit):
-        remaining: float | None = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
-        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-    code: grpc.StatusCode | None = context.code()  # set by abort(), or by the handler
-    if code is not None:
-        return code
-    return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
-
-
-class MetricsInterceptor(_Observer):
-    """Prometheus: calls by method and code, latency by method (a stream's lasts until it ends),
-    messages sent on server streams by method."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.calls = Counter(
-            "ordermesh_grpc_calls", "gRPC calls answered", ["method", "code"], registry=registry
-        )
-        self.latency = Histogram(
-            "ordermesh_grpc_call_seconds",
-            "gRPC call duration (streams: until the stream ends)",
-            ["method"],
-            registry=registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
-        )
-        self.messages = Counter(
-            "ordermesh_grpc_stream_messages", "Messages sent on server streams", ["method"], registry=registry
-        )
-
-    def sent(self, call: Call) -> None:
-        self.messages.labels(call.method).inc()
-
-    def record(self, call: Call, code: grpc.StatusCode, seconds: float, messages: int) -> None:
-        self.calls.labels(call.method, code.name).inc()
-        self.latency.labels(call.method).observe(seconds)
-
-
-class LoggingInterceptor(_Observer):
-    """One INFO line per call on ``ordermesh.rpc``: method, code, duration, user (and messages
-    for streams), in the text as key=value and as ``rpc_*`` record attributes."""
-
-    def record(self, call: Call, code: grpc.StatusCode, seconds: float, messages: int) -> None:
-        user = principal_or_none()
-        fields: dict[str, Any] = {
-            "rpc_method": call.method,
-            "rpc_code": code.name,
-            "rpc_duration_ms": round(seconds * 1000, 3),
-            "rpc_user": user,
-        }
-        text = "rpc method=%s code=%s duration_ms=%.3f user=%s"
-        args: list[Any] = [call.method, code.name, seconds * 1000, user or "-"]
-        if call.response_streaming:
-            fields["rpc_messages"] = messages
-            text += " messages=%d"
-            args.append(messages)
-        log.info(text, *args, extra=fields)

@@ -13,13 +13,7 @@ from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped, u
 from prometheus_client import CollectorRegistry
 
 from ordermesh.http.auth import Tokens
-from ordermesh.rpc.interceptors import (
-    AuthInterceptor,
-    DeadlineInterceptor,
-    ErrorsInterceptor,
-    LoggingInterceptor,
-    MetricsInterceptor,
-)
+from ordermesh.rpc.interceptors import CallInterceptor
 
 HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 REFLECTION_SERVICE: str = reflection.SERVICE_NAME
@@ -53,17 +47,15 @@ def build_server(
 ) -> grpc.aio.Server:
     """A server (not started, no port yet) with every service of ``registrations``.
 
-    Interceptors, outermost first: logging and metrics (they see every outcome, rejections
-    included, with the final code and the whole duration), errors (the one place that turns
-    exceptions into statuses, so auth just raises ``Unauthenticated``), auth, deadline (its timer
-    covers the handler alone). ``metrics=None`` collects none. Health (``""`` and every name in
-    ``service_names`` SERVING) and reflection need no token.
+    One interceptor (``rpc.interceptors.CallInterceptor``) does, outermost first: logging and
+    metrics (they see every outcome, rejections included, with the final code and the whole
+    duration), errors (the one place that turns exceptions into statuses, so auth just raises
+    ``Unauthenticated``), auth, deadline (its timer covers the handler alone). ``metrics=None``
+    collects none. Health (``""`` and every name in ``service_names`` SERVING) and reflection
+    need no token.
     """
-    interceptors: list[grpc.aio.ServerInterceptor] = [LoggingInterceptor()]
-    if metrics is not None:
-        interceptors.append(MetricsInterceptor(metrics))
-    interceptors += [ErrorsInterceptor(), AuthInterceptor(tokens), DeadlineInterceptor(default_deadline)]
-    server = grpc.aio.server(interceptors=interceptors, options=options)
+    interceptor = CallInterceptor(tokens, metrics=metrics, default_deadline=default_deadline)
+    server = grpc.aio.server(interceptors=[interceptor], options=options)
     for register in registrations:
         register(server)
     health = _Health(["", *service_names])
