@@ -70,9 +70,22 @@ async def test_topic_wildcards_route_like_rabbitmq(broker: Broker) -> None:
 
 
 async def test_a_message_no_queue_wants_is_an_error_not_a_loss(broker: Broker) -> None:
-    await broker.subscribe("q.paid", "orders", ["order.paid"], Inbox())
-    with pytest.raises(Unroutable):
-        await broker.publish("orders", [Message.json("order.created", {"id": "1"})])
+    paid = Inbox()
+    await broker.subscribe("q.paid", "orders", ["order.paid"], paid)
+    lost = Message.json("order.created", {"id": "1"})
+    with pytest.raises(Unroutable) as refused:
+        await broker.publish("orders", [lost])
+    assert refused.value.message_ids == (lost.message_id,)
+    # In a batch, the error names exactly the unroutable ones; the others were published.
+    batch = [
+        Message.json("order.paid", {"n": 1}),
+        Message.json("order.created", {"n": 2}),
+        Message.json("order.paid", {"n": 3}),
+    ]
+    with pytest.raises(Unroutable) as refused:
+        await broker.publish("orders", batch)
+    assert refused.value.message_ids == (batch[1].message_id,)
+    assert [d.message.payload()["n"] for d in await paid.wait_for(2)] == [1, 3]
 
 
 async def test_the_envelope_arrives_whole(broker: Broker) -> None:

@@ -150,3 +150,36 @@ async def test_unroutable_is_an_error_the_relay_reports_and_retries(env: Env) ->
     await env.broker.subscribe("late", EXCHANGE, ["order.created"], seen)
     assert await relay.step() == 1
     await seen.wait_for(1)
+
+
+async def test_with_a_parking_lot_unroutable_messages_wait_and_the_rest_flows(env: Env) -> None:
+    from ordermesh.messaging.relay import ParkingLot
+
+    parking = await ParkingLot.open(env.system.db)
+    relay = OutboxRelay(
+        env.system.store,
+        env.checkpoints,
+        env.broker,
+        EXCHANGE,
+        OrderMessages(env.system.service),
+        parking=parking,
+    )
+    created = Collector()
+    await env.broker.subscribe("mailer", EXCHANGE, ["order.created"], created)
+    service = env.system.service
+    order = await service.create_order("u1", "u1@example.com", "EUR", LINES)
+    await service.change(order["id"], lambda o, now: o.record_payment("p1", 300, "EUR", now))
+    second = await service.create_order("u1", "u1@example.com", "EUR", LINES)
+    while await relay.step():
+        pass
+    assert [d.message.payload()["id"] for d in await created.wait_for(2)] == [order["id"], second["id"]]
+    (parked,) = await parking.all()
+    assert parked.message.routing_key == "order.paid" and "order.paid" in parked.reason
+    assert (await relay.status()).pending == 0
+
+    paid = Collector()
+    await env.broker.subscribe("payments", EXCHANGE, ["order.paid"], paid)
+    assert await relay.replay_parked() == (1, 0)
+    (delivery,) = await paid.wait_for(1)
+    assert delivery.message.message_id == parked.message.message_id
+    assert delivery.message.payload()["status"] == "paid"

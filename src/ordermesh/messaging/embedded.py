@@ -461,21 +461,31 @@ class EmbeddedBroker:
                 exchange,
             )
             if not found or found[0][0] is not None:
-                raise Unroutable(f"exchange {exchange!r} does not exist")
+                raise Unroutable(f"exchange {exchange!r} does not exist", [m.message_id for m in messages])
             bindings = [(str(row[0]), str(row[1])) for row in found[1:]]
             rows: list[tuple[Any, ...]] = []
+            unroutable: list[Message] = []
             for message in messages:
                 targets = sorted({q for key, q in bindings if matches(key, message.routing_key)})
                 if not targets:
-                    raise Unroutable(f"{exchange}/{message.routing_key}: no queue is bound to receive it")
+                    unroutable.append(message)
+                    continue
                 envelope = _envelope(exchange, message)
                 rows.extend((queue, *envelope) for queue in targets)
-            await tx.executemany(
-                f"INSERT INTO mq_messages (queue, {_ENVELOPE}) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                rows,
+            if rows:
+                await tx.executemany(
+                    f"INSERT INTO mq_messages (queue, {_ENVELOPE}) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    rows,
+                )
+        if rows:
+            _wake(self.path)
+        if unroutable:
+            keys = sorted({m.routing_key for m in unroutable})
+            raise Unroutable(
+                f"{exchange}: {len(unroutable)} message(s) reached no queue (routing keys {keys})",
+                [m.message_id for m in unroutable],
             )
-        _wake(self.path)
 
     # --- dead letters -----------------------------------------------------------------------
 

@@ -59,11 +59,13 @@ class MemoryBroker:
 
     async def publish(self, exchange: str, messages: Sequence[Message]) -> None:
         if exchange not in self._exchanges:
-            raise Unroutable(f"exchange {exchange!r} does not exist")
+            raise Unroutable(f"exchange {exchange!r} does not exist", [m.message_id for m in messages])
+        unroutable: list[Message] = []
         for message in messages:
             targets = {q for key, q in self._bindings[exchange] if matches(key, message.routing_key)}
             if not targets:
-                raise Unroutable(f"{exchange}/{message.routing_key}: no queue is bound to receive it")
+                unroutable.append(message)
+                continue
             self._published += 1
             twice = self._duplicate_every and self._published % self._duplicate_every == 0
             for name in sorted(targets):
@@ -71,6 +73,12 @@ class MemoryBroker:
                 self._queues[name].items.put_nowait(delivery)
                 if twice:
                     self._queues[name].items.put_nowait(replace(delivery, redelivered=True))
+        if unroutable:
+            keys = sorted({m.routing_key for m in unroutable})
+            raise Unroutable(
+                f"{exchange}: {len(unroutable)} message(s) reached no queue (routing keys {keys})",
+                [m.message_id for m in unroutable],
+            )
 
     def _queue(self, name: str) -> _Queue:
         if name not in self._queues:

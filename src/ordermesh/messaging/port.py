@@ -49,7 +49,12 @@ class MessagingError(OrdermeshError):
 
 
 class Unroutable(MessagingError):
-    """A mandatory message reached no queue."""
+    """Mandatory messages reached no queue. ``message_ids`` names them; every other message of
+    the same ``publish`` call was published (as RabbitMQ does: it returns only the unroutable)."""
+
+    def __init__(self, message: str, message_ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.message_ids = tuple(message_ids)
 
 
 class PermanentError(MessagingError):

@@ -422,9 +422,12 @@ class RabbitBroker:
         target = await self._existing_exchange(exchange)
         returned = await self._publish_pipelined(target, [(self._encode(m), m.routing_key) for m in messages])
         if returned:
+            # On a topic exchange routability depends on the routing key alone.
+            keys = set(returned)
             raise Unroutable(
                 f"{exchange}: {len(returned)} of {len(messages)} message(s) reached no queue "
-                f"(routing keys {sorted(set(returned))})"
+                f"(routing keys {sorted(keys)})",
+                [m.message_id for m in messages if m.routing_key in keys],
             )
 
     async def _publish_copy(self, queue_name: str, message: aio_pika.Message) -> None:

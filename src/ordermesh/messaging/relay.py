@@ -7,7 +7,12 @@ waits for the broker's confirms, and only then moves the checkpoint. Killed mid-
 publishes the batch again on restart: at-least-once, same message ids (the event ids), in order
 per stream, so consumers' inboxes make it effectively once.
 
-An ``Unroutable`` batch is an error, not a loss: the relay logs it, counts it, backs off and
+An ``Unroutable`` message is an error, never a silent loss. With a ``ParkingLot`` (what
+``ordermesh up`` uses) the relay publishes that batch again message by message, parks each
+message no queue wanted, with the reason, and carries on: one event nobody subscribes to yet
+(``order.paid`` before the payment service exists) must not hold back every later message.
+``ordermesh outbox status`` shows parked messages and ``ordermesh outbox replay`` sends them
+once a consumer is bound. Without a parking lot the relay stops at the batch, backs off and
 tries again, and ``status()`` says what it is stuck on.
 """
 
@@ -17,11 +22,15 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
+import orjson
+
+from ordermesh.db import SqlDb, migrate
 from ordermesh.eventstore.model import StoredEvent
 from ordermesh.eventstore.port import EventStore
 from ordermesh.eventstore.subscription import CheckpointStore
-from ordermesh.messaging.port import Broker, Message, MessagingError
+from ordermesh.messaging.port import Broker, Message, MessagingError, Unroutable
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,85 @@ class RelayStatus:
         return max(self.head - self.position, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Parked:
+    message: Message
+    reason: str
+
+
+class ParkingLot:
+    """Unroutable messages, kept (in memory, or in the service's database) until replayed."""
+
+    def __init__(self, db: SqlDb | None = None) -> None:
+        self.db = db
+        self._memory: dict[str, Parked] = {}
+
+    @classmethod
+    async def open(cls, db: SqlDb | None) -> ParkingLot:
+        if db is not None:
+            ddl = (
+                "CREATE TABLE IF NOT EXISTS outbox_parked "
+                "(message_id text PRIMARY KEY, envelope text NOT NULL)"
+            )
+            await migrate(db, {"postgres": [ddl], "sqlite": [ddl]})
+        return cls(db)
+
+    async def park(self, message: Message, reason: str) -> None:
+        if self.db is None:
+            self._memory[message.message_id] = Parked(message, reason)
+            return
+        await self.db.execute(
+            "INSERT INTO outbox_parked (message_id, envelope) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            message.message_id,
+            _envelope(message, reason),
+        )
+
+    async def all(self) -> list[Parked]:
+        if self.db is None:
+            return list(self._memory.values())
+        rows = await self.db.fetch("SELECT envelope FROM outbox_parked ORDER BY message_id")
+        return [_parked(str(r[0])) for r in rows]
+
+    async def remove(self, message_id: str) -> None:
+        if self.db is None:
+            self._memory.pop(message_id, None)
+            return
+        await self.db.execute("DELETE FROM outbox_parked WHERE message_id = $1", message_id)
+
+
+def _envelope(message: Message, reason: str) -> str:
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "routing_key": message.routing_key,
+            "body": message.body.decode(),
+            "type": message.type,
+            "message_id": message.message_id,
+            "schema_version": message.schema_version,
+            "occurred_at": message.occurred_at.isoformat(),
+            "correlation_id": message.correlation_id,
+            "causation_id": message.causation_id,
+            "headers": dict(message.headers),
+        }
+    ).decode()
+
+
+def _parked(text: str) -> Parked:
+    d = orjson.loads(text)
+    message = Message(
+        routing_key=d["routing_key"],
+        body=d["body"].encode(),
+        type=d["type"],
+        message_id=d["message_id"],
+        schema_version=d["schema_version"],
+        occurred_at=datetime.fromisoformat(d["occurred_at"]),
+        correlation_id=d["correlation_id"],
+        causation_id=d["causation_id"],
+        headers=d["headers"],
+    )
+    return Parked(message, d["reason"])
+
+
 class OutboxRelay:
     def __init__(
         self,
@@ -51,8 +139,10 @@ class OutboxRelay:
         translate: Translate,
         name: str = "outbox",
         batch: int = 500,
+        parking: ParkingLot | None = None,
     ) -> None:
         self.store, self.checkpoints, self.broker = store, checkpoints, broker
+        self.parking = parking
         self.exchange, self.translate, self.name, self.batch = exchange, translate, name, batch
         self.failures = 0
         self.last_error: str | None = None
@@ -65,9 +155,35 @@ class OutboxRelay:
             return 0
         messages = [m for m in [await self.translate(e) for e in events] if m is not None]
         if messages:
-            await self.broker.publish(self.exchange, messages)
+            await self._publish(messages)
         await self.checkpoints.save(self.name, events[-1].position)
         return len(events)
+
+    async def _publish(self, messages: list[Message]) -> None:
+        try:
+            await self.broker.publish(self.exchange, messages)
+        except Unroutable as exc:
+            if self.parking is None:
+                raise
+            # The broker published the rest of the batch; only the named messages wait here.
+            for message in messages:
+                if message.message_id in exc.message_ids:
+                    log.warning("outbox relay %s: parked %s: %s", self.name, message.routing_key, exc)
+                    await self.parking.park(message, str(exc))
+
+    async def replay_parked(self) -> tuple[int, int]:
+        """Publish parked messages again; returns (sent, still parked)."""
+        if self.parking is None:
+            return 0, 0
+        sent = 0
+        for parked in await self.parking.all():
+            try:
+                await self.broker.publish(self.exchange, [parked.message])
+            except Unroutable:
+                continue
+            await self.parking.remove(parked.message.message_id)
+            sent += 1
+        return sent, len(await self.parking.all())
 
     async def run(self, stop: asyncio.Event, idle_timeout: float = 1.0) -> None:
         await self.broker.declare_exchange(self.exchange)

@@ -14,6 +14,7 @@ from ordermesh.services.orders.projections import STREAM_PREFIX, evolve
 from ordermesh.services.orders.service import OrderService
 
 EXCHANGE = "orders"
+RELAY_NAME = "orders-outbox"
 ROUTING_KEYS = {
     "OrderCreated": "order.created",
     "PaymentProcessed": "order.paid",
