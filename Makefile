@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test bench openapi proto clean
+.PHONY: up test bench openapi asyncapi proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ bench: $(VENV)/.dev-installed
 
 openapi: $(VENV)/.dev-installed
 	$(BIN)/ordermesh openapi > docs/openapi.json
+
+asyncapi: $(VENV)/.dev-installed
+	$(BIN)/python -m ordermesh.messaging.asyncapi > docs/asyncapi.json
 
 proto: $(VENV)/.dev-installed
 	$(BIN)/python -m ordermesh.rpc.codegen

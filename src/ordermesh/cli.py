@@ -235,6 +235,137 @@ def projections_list() -> None:
     console.print(table)
 
 
+dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
+outbox_app = typer.Typer(help="The order service's outbox relay.", no_args_is_help=True)
+run_app = typer.Typer(help="Run one service in the foreground.", no_args_is_help=True)
+mail_app = typer.Typer(help="The embedded mail sink.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(run_app, name="run")
+app.add_typer(mail_app, name="mail")
+
+
+def _known_queues() -> list[str]:
+    from ordermesh.services.notifications.service import QUEUES
+
+    return list(QUEUES)
+
+
+async def _letters(queue: str | None) -> list[Any]:
+    from ordermesh.messaging import open_broker
+
+    broker = await open_broker(Settings.from_env().effective_broker_url)
+    try:
+        letters = []
+        for name in [queue] if queue else _known_queues():
+            letters += await broker.dead_letters(name)
+        return letters
+    finally:
+        await broker.close()
+
+
+@dlq_app.command("list")
+def dlq_list(
+    queue: Annotated[str | None, typer.Argument(help="a consumer queue (default: all known)")] = None,
+) -> None:
+    """List dead letters with their reason."""
+    letters = asyncio.run(_letters(queue))
+    table = Table(title=f"dead letters ({len(letters)})")
+    for column in ("id", "queue", "routing key", "attempts", "error"):
+        table.add_column(column, overflow="fold")
+    for d in letters:
+        table.add_row(d.id, d.queue, d.original_routing_key, str(d.attempts), d.error)
+    console.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(message_id: str) -> None:
+    """Show one dead letter: envelope, headers, body."""
+    found = [d for d in asyncio.run(_letters(None)) if d.id == message_id]
+    if not found:
+        console.print(f"[red]error:[/red] no dead letter {message_id}")
+        raise typer.Exit(1)
+    d = found[0]
+    m = d.message
+    console.print(f"id            {d.id}\nqueue         {d.queue}\nerror         {d.error}")
+    console.print(
+        f"attempts      {d.attempts}\noriginal      {d.original_exchange} / {d.original_routing_key}"
+    )
+    console.print(
+        f"type          {m.type} (schema v{m.schema_version})\noccurred at   {m.occurred_at.isoformat()}"
+    )
+    console.print(f"correlation   {m.correlation_id}\nheaders       {dict(m.headers)}")
+    console.print(m.body.decode(errors="replace"), soft_wrap=True)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    message_id: Annotated[str | None, typer.Argument(help="the dead letter's id")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="replay every dead letter")] = False,
+    queue: Annotated[str | None, typer.Option(help="only this queue")] = None,
+) -> None:
+    """Send dead letters back to the queue they died in."""
+    from ordermesh.messaging import open_broker
+
+    if (message_id is None) == (not all_):
+        raise typer.BadParameter("give a message id or --all")
+
+    async def work() -> int:
+        letters = [d for d in await _letters(queue) if all_ or d.id == message_id]
+        broker = await open_broker(Settings.from_env().effective_broker_url)
+        try:
+            for d in letters:
+                await broker.replay(d.queue, d.id)
+        finally:
+            await broker.close()
+        return len(letters)
+
+    count = asyncio.run(work())
+    if count == 0:
+        console.print(f"[red]error:[/red] no dead letter {message_id or ''} to replay")
+        raise typer.Exit(1)
+    console.print(f"replayed {count} dead letter(s)")
+
+
+@outbox_app.command("status")
+def outbox_status() -> None:
+    """How far the order events have been published to the broker."""
+    from ordermesh.eventstore.subscription import MemoryCheckpoints, SqlCheckpoints
+    from ordermesh.services.orders.outbox import RELAY_NAME
+
+    async def work(system: OrderSystem) -> tuple[int, int]:
+        checkpoints = await SqlCheckpoints.open(system.db) if system.db else MemoryCheckpoints()
+        return await checkpoints.load(RELAY_NAME), await system.store.head_position()
+
+    position, head = _run(work)
+    console.print(
+        f"relay {RELAY_NAME}: published up to position {position} of {head} ({head - position} pending)"
+    )
+
+
+@run_app.command("notifications")
+def run_notifications_command() -> None:
+    """The notification service: order events in, email out (ORDERMESH_BROKER_URL, ORDERMESH_SMTP_URL)."""
+    from ordermesh.services.notifications.service import main as notifications_main
+
+    raise typer.Exit(notifications_main())
+
+
+@mail_app.command("list")
+def mail_list() -> None:
+    """Show the mails the embedded sink caught."""
+    from ordermesh.services.notifications.sink import list_mail
+
+    settings = Settings.from_env()
+    mails = list_mail(settings.data_dir / "mail.jsonl")
+    table = Table(title=f"mail ({len(mails)})")
+    for column in ("received", "to", "subject", "message id"):
+        table.add_column(column, overflow="fold")
+    for m in mails:
+        table.add_row(m.received_at, ", ".join(m.rcpt_tos), m.subject, m.message_id)
+    console.print(table)
+
+
 @app.command()
 def openapi() -> None:
     """Print the REST API's OpenAPI document (committed as docs/openapi.json)."""

@@ -35,9 +35,11 @@ def start_up(
         **os.environ,
         "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
         "ORDERMESH_GRPC_PORT": str(grpc_port or free_port()),
+        "ORDERMESH_MAIL_SINK_PORT": str(free_port()),
         "COLUMNS": "200",
     }
-    env.pop("ORDERMESH_DATABASE_URL", None)
+    for name in ("ORDERMESH_DATABASE_URL", "ORDERMESH_BROKER_URL", "ORDERMESH_SMTP_URL"):
+        env.pop(name, None)
     proc = subprocess.Popen(
         [str(BIN), "up", "--port", str(port)],
         env=env,
@@ -144,3 +146,24 @@ async def test_async_client_against_a_real_server(system: tuple[str, dict[str, s
         orders = await client.get_user_orders("carol", timeout=2)
         assert [o["id"] for o in orders] == [created["id"]]
         assert (await client.get_order(created["id"], version=1))["status"] == "pending"
+
+
+def test_an_order_placed_over_rest_is_confirmed_by_email(system: tuple[str, dict[str, str]]) -> None:
+    """REST -> event store -> outbox relay -> embedded broker -> notification process -> SMTP sink."""
+    from ordermesh.services.notifications.sink import list_mail
+
+    url, env = system
+    token = cli(env, "token", "dora").strip().splitlines()[-1]
+    with OrdermeshClient(url, token=token, timeout=5) as client:
+        order = client.create_order(
+            "dora@example.com", "EUR", [{"sku": "SKU-1", "quantity": 1, "unit_price": 990}]
+        )
+    store = Path(env["ORDERMESH_DATA_DIR"]) / "mail.jsonl"
+    deadline = time.monotonic() + 30
+    while not (mails := list_mail(store)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [(m.rcpt_tos, m.subject) for m in mails] == [
+        (["dora@example.com"], f"Order {order['id']} confirmed")
+    ]
+    assert "dora@example.com" in cli(env, "mail", "list")
+    assert "0 pending" in cli(env, "outbox", "status")

@@ -185,12 +185,19 @@ class OutboxRelay:
             sent += 1
         return sent, len(await self.parking.all())
 
-    async def run(self, stop: asyncio.Event, idle_timeout: float = 1.0) -> None:
+    async def run(self, stop: asyncio.Event, idle_timeout: float = 1.0, replay_every: float = 5.0) -> None:
+        """Relay until ``stop``; parked messages are offered again every ``replay_every`` seconds
+        while idle (a consumer that binds late, e.g. a service starting after this one, gets
+        them without anyone typing ``ordermesh outbox replay``)."""
         await self.broker.declare_exchange(self.exchange)
-        backoff = 0.1
+        loop = asyncio.get_running_loop()
+        backoff, next_replay = 0.1, loop.time() + replay_every
         while not stop.is_set():
             try:
                 if await self.step() == 0:
+                    if self.parking is not None and loop.time() >= next_replay:
+                        next_replay = loop.time() + replay_every
+                        await self.replay_parked()
                     await self.store.wait_for_events(await self.checkpoints.load(self.name), idle_timeout)
                 backoff, self.last_error = 0.1, None
             except (MessagingError, OSError) as exc:

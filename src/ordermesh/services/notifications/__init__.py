@@ -1,0 +1,34 @@
+"""The notification service: order events from the ``orders`` exchange become customer mail."""
+
+from __future__ import annotations
+
+from ordermesh.services.notifications.handler import NotificationHandler
+from ordermesh.services.notifications.mailer import Mail, Mailer, MailUnavailable, MemoryMailer, SmtpMailer
+from ordermesh.services.notifications.service import (
+    QUEUES,
+    Notifications,
+    main,
+    open_inbox,
+    run_notifications,
+    start_notifications,
+)
+from ordermesh.services.notifications.sink import MailSink, ReceivedMail, list_mail, start_mail_sink
+
+__all__ = [
+    "QUEUES",
+    "Mail",
+    "MailSink",
+    "MailUnavailable",
+    "Mailer",
+    "MemoryMailer",
+    "NotificationHandler",
+    "Notifications",
+    "ReceivedMail",
+    "SmtpMailer",
+    "list_mail",
+    "main",
+    "open_inbox",
+    "run_notifications",
+    "start_mail_sink",
+    "start_notifications",
+]

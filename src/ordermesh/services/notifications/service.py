@@ -1,0 +1,183 @@
+"""The notification service: three queues on the ``orders`` exchange, one handler.
+
+Embedded (``ordermesh up``, tests): ``start_notifications(broker, mailer, inbox)`` on a broker
+you own. Standalone (``ordermesh run notifications``): ``main()`` or ``run_notifications``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ordermesh.db import SqlDb, connect
+from ordermesh.errors import InfrastructureError
+from ordermesh.messaging import Broker, open_broker
+from ordermesh.messaging.inbox import Inbox, SqlInbox
+from ordermesh.messaging.port import RetryPolicy, Subscription
+from ordermesh.services.notifications.handler import NotificationHandler
+from ordermesh.services.notifications.mailer import DEFAULT_SENDER, DEFAULT_SMTP_URL, Mailer, SmtpMailer
+
+log = logging.getLogger("ordermesh.notifications")
+
+EXCHANGE = "orders"
+QUEUES = {
+    "notifications.order_created": "order.created",
+    "notifications.order_shipped": "order.shipped",
+    "notifications.order_cancelled": "order.cancelled",
+}
+INBOX_CONSUMER = "notifications"
+# A mail server outage of up to ~20 minutes is ridden out (1+3+9+27+81+243+600+600 s) before a
+# message is dead-lettered (and then kept, replayable).
+DEFAULT_RETRY = RetryPolicy(max_attempts=9, initial=1.0, multiplier=3.0, maximum=600.0)
+DEFAULT_PREFETCH = 16
+
+
+def inbox_path(data_dir: Path) -> Path:
+    return Path(data_dir) / "notifications.db"
+
+
+async def open_inbox(data_dir: Path) -> tuple[SqlInbox, SqlDb]:
+    """The service's inbox on a SQLite file in ``data_dir``; close the db when done."""
+    path = inbox_path(data_dir).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = await connect(f"sqlite:///{path}")
+    try:
+        return await SqlInbox.open(db, INBOX_CONSUMER), db
+    except BaseException:
+        await db.close()
+        raise
+
+
+@dataclass
+class Notifications:
+    handler: NotificationHandler
+    subscriptions: list[Subscription] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        """Stop consuming (in-flight mails finish and are acknowledged)."""
+        for sub in self.subscriptions:
+            await sub.stop()
+        self.subscriptions.clear()
+
+
+async def start_notifications(
+    broker: Broker,
+    mailer: Mailer,
+    inbox: Inbox,
+    *,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    prefetch: int = DEFAULT_PREFETCH,
+    sender: str = DEFAULT_SENDER,
+) -> Notifications:
+    """Subscribe the three notification queues on ``broker``; returns at once."""
+    service = Notifications(NotificationHandler(mailer, inbox, sender=sender))
+    try:
+        for queue, key in QUEUES.items():
+            service.subscriptions.append(
+                await broker.subscribe(
+                    queue, EXCHANGE, [key], service.handler, prefetch=prefetch, retry=retry
+                )
+            )
+    except BaseException:
+        await service.stop()
+        raise
+    return service
+
+
+async def run_notifications(
+    broker_url: str,
+    smtp_url: str,
+    data_dir: Path,
+    stop: asyncio.Event,
+    *,
+    retry: RetryPolicy = DEFAULT_RETRY,
+    prefetch: int = DEFAULT_PREFETCH,
+    sender: str = DEFAULT_SENDER,
+) -> None:
+    """Open the broker and the inbox, consume until ``stop`` is set, then shut down cleanly."""
+    mailer = SmtpMailer(smtp_url)
+    inbox, db = await open_inbox(data_dir)
+    try:
+        broker = await open_broker(broker_url)
+        try:
+            service = await start_notifications(
+                broker, mailer, inbox, retry=retry, prefetch=prefetch, sender=sender
+            )
+            log.info("notifications: consuming %s, mailing through %s", ", ".join(QUEUES), mailer.url)
+            try:
+                await stop.wait()
+            finally:
+                await service.stop()
+        finally:
+            await broker.close()
+    finally:
+        await db.close()
+
+
+def main(env: Mapping[str, str] | None = None) -> int:
+    """``ordermesh run notifications``: settings from the environment, SIGINT/SIGTERM stop it.
+    Returns the process exit code."""
+    e = dict(os.environ if env is None else env)
+    broker_url = e.get("ORDERMESH_BROKER_URL", "")
+    if not broker_url:
+        print(
+            "ORDERMESH_BROKER_URL is required, e.g. amqp://guest:guest@127.0.0.1:5672/ "
+            "(memory:// runs, but nothing publishes into a private in-memory broker)",
+            file=sys.stderr,
+        )
+        return 2
+    smtp_url = e.get("ORDERMESH_SMTP_URL") or DEFAULT_SMTP_URL
+    data_dir = Path(e.get("ORDERMESH_DATA_DIR") or ".ordermesh")
+    sender = e.get("ORDERMESH_MAIL_FROM") or DEFAULT_SENDER
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    parent = int(e.get("ORDERMESH_PARENT_PID") or 0)
+
+    async def orphaned(stop: asyncio.Event) -> None:
+        # Started by `ordermesh up`: stop when that process is gone (even after a kill -9).
+        while not stop.is_set():
+            if os.getppid() != parent:
+                stop.set()
+            await asyncio.sleep(1.0)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if parent:
+            watchdog = asyncio.create_task(orphaned(stop))
+        try:
+            await run_notifications(broker_url, smtp_url, data_dir, stop, sender=sender)
+        finally:
+            if parent:
+                watchdog.cancel()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    try:
+        asyncio.run(serve())
+    except (InfrastructureError, ValueError) as exc:
+        print(f"notifications: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = [
+    "DEFAULT_PREFETCH",
+    "DEFAULT_RETRY",
+    "EXCHANGE",
+    "QUEUES",
+    "Notifications",
+    "main",
+    "open_inbox",
+    "run_notifications",
+    "start_notifications",
+]

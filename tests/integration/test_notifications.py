@@ -1,0 +1,213 @@
+"""The notification service against the real aiosmtpd sink: the memory broker, and RabbitMQ with a
+legacy pika publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ordermesh.messaging import Broker, open_broker
+from ordermesh.messaging.memory import MemoryBroker
+from ordermesh.messaging.port import DeadLetter, Message, RetryPolicy
+from ordermesh.messaging.rabbitmq import derived_message_id
+from ordermesh.services.notifications import (
+    MailSink,
+    Notifications,
+    SmtpMailer,
+    list_mail,
+    open_inbox,
+    start_mail_sink,
+    start_notifications,
+)
+from ordermesh.services.notifications.handler import mail_message_id, money
+from tests.conftest import AMQP_URL, require_rabbitmq
+from tests.helpers import free_port
+
+FAST = RetryPolicy(max_attempts=20, initial=0.05, multiplier=2.0, maximum=0.2)
+
+
+def order(order_id: str = "o-1", **extra: Any) -> dict[str, Any]:
+    return {
+        "id": order_id,
+        "user_id": "u-1",
+        "user_email": "ada@example.com",
+        "items": [
+            {"sku": "SKU-1", "quantity": 2, "unit_price": 1250},
+            {"sku": "B", "quantity": 1, "unit_price": 5},
+        ],
+        "currency": "EUR",
+        "total": 2505,
+        "status": "pending",
+        **extra,
+    }
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
+    async def until() -> None:
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.01)  # polling a counter: no notification exists for it
+
+    await asyncio.wait_for(until(), timeout)
+
+
+async def dead_letters(broker: Broker, queue: str, count: int, timeout: float = 10) -> list[DeadLetter]:
+    async def until() -> list[DeadLetter]:
+        while True:
+            letters = await broker.dead_letters(queue)
+            if len(letters) >= count:
+                return letters
+            await asyncio.sleep(0.02)  # polling the DLQ: no notification exists for it
+
+    return await asyncio.wait_for(until(), timeout)
+
+
+@pytest.fixture
+async def sink(tmp_path: Path) -> AsyncIterator[MailSink]:
+    s = await start_mail_sink("127.0.0.1", 0, tmp_path / "mail.jsonl")
+    yield s
+    await s.stop()
+
+
+@asynccontextmanager
+async def running(
+    broker: Broker, smtp_port: int, data_dir: Path, prefetch: int = 4
+) -> AsyncIterator[Notifications]:
+    """The service on ``broker`` with its SQLite inbox in ``data_dir``; the broker is deleted after."""
+    await broker.declare_exchange("orders")
+    inbox, db = await open_inbox(data_dir)
+    mailer = SmtpMailer(f"smtp://127.0.0.1:{smtp_port}", timeout=5)
+    service = await start_notifications(broker, mailer, inbox, retry=FAST, prefetch=prefetch)
+    try:
+        yield service
+    finally:
+        await service.stop()
+        await db.close()
+        await broker.delete_topology()
+        await broker.close()
+
+
+async def test_order_created_sends_one_confirmation(sink: MailSink, tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    async with running(broker, sink.port, tmp_path):
+        sent = Message.json("order.created", order("o-42"))
+        await broker.publish("orders", [sent])
+        (mail,) = await sink.wait_for(1)
+        assert mail.rcpt_tos == ["ada@example.com"]
+        assert mail.subject == "Order o-42 confirmed"
+        assert mail.message_id == f"<{sent.message_id}@ordermesh>"
+        assert "2 x SKU-1 at 12.50 EUR = 25.00 EUR" in mail.body
+        assert "Total: 25.05 EUR" in mail.body
+        assert list_mail(sink.store_path) == [mail]  # stored durably, readable by `mail list`
+
+
+async def test_duplicate_deliveries_send_one_mail(sink: MailSink, tmp_path: Path) -> None:
+    broker = MemoryBroker(duplicate_every=1)  # every message delivered twice
+    async with running(broker, sink.port, tmp_path) as service:
+        await broker.publish("orders", [Message.json("order.created", order("o-1"))])
+        await broker.publish("orders", [Message.json("order.created", order("o-2"))])
+        await eventually(lambda: service.handler.sent + service.handler.duplicates == 4)
+        assert (service.handler.sent, service.handler.duplicates) == (2, 2)
+        assert sorted(m.subject for m in sink.received) == ["Order o-1 confirmed", "Order o-2 confirmed"]
+
+
+async def test_the_inbox_survives_a_restart(sink: MailSink, tmp_path: Path) -> None:
+    sent = Message.json("order.created", order("o-7"))
+    for _ in range(2):  # the same event after a restart of the service (same data dir)
+        broker = MemoryBroker()
+        async with running(broker, sink.port, tmp_path) as service:
+            await broker.publish("orders", [sent])
+            handler = service.handler
+            await eventually(lambda: handler.sent + handler.duplicates == 1)  # noqa: B023
+    assert len(sink.received) == 1
+
+
+async def test_shipped_and_cancelled_mails_carry_tracking_and_reason(sink: MailSink, tmp_path: Path) -> None:
+    broker = MemoryBroker()
+    async with running(broker, sink.port, tmp_path):
+        await broker.publish("orders", [Message.json("order.shipped", order("o-1", tracking_id="TRK-123"))])
+        await broker.publish(
+            "orders", [Message.json("order.cancelled", order("o-2", cancel_reason="payment declined"))]
+        )
+        mails = {m.subject: m for m in await sink.wait_for(2)}
+        assert "Tracking id: TRK-123" in mails["Order o-1 shipped"].body
+        assert "Reason: payment declined" in mails["Order o-2 cancelled"].body
+
+
+async def test_smtp_down_is_retried_until_the_sink_is_up(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens here yet
+    broker = MemoryBroker()
+    async with running(broker, port, tmp_path) as service:
+        await broker.publish("orders", [Message.json("order.created", order("o-9"))])
+        await eventually(lambda: service.handler.failures >= 2)
+        sink = await start_mail_sink("127.0.0.1", port, tmp_path / "late.jsonl")
+        try:
+            (mail,) = await sink.wait_for(1)
+            assert mail.subject == "Order o-9 confirmed"
+            assert await broker.dead_letters() == []
+        finally:
+            await sink.stop()
+
+
+async def test_poison_is_dead_lettered_with_the_reason_and_the_consumer_goes_on(
+    sink: MailSink, tmp_path: Path
+) -> None:
+    broker = MemoryBroker()
+    async with running(broker, sink.port, tmp_path, prefetch=1):
+        junk = Message("order.created", b"{not json", type="order.created")
+        anonymous = Message.json("order.created", {"id": "o-3"})
+        bad_address = Message.json("order.created", order("o-4", user_email="nobody"))
+        await broker.publish("orders", [junk, anonymous, bad_address])
+        await broker.publish("orders", [Message.json("order.created", order("o-5"))])
+        letters = {d.id: d for d in await dead_letters(broker, "notifications.order_created", 3)}
+        assert "not JSON" in letters[junk.message_id].error
+        assert "user_email" in letters[anonymous.message_id].error
+        assert "not a valid email address" in letters[bad_address.message_id].error
+        assert all(d.attempts == 1 for d in letters.values())
+        (mail,) = await sink.wait_for(1)
+        assert mail.subject == "Order o-5 confirmed"
+
+
+async def test_money_and_message_id_helpers() -> None:
+    assert money(2505, "EUR") == "25.05 EUR" and money(500, "JPY") == "500 JPY"
+    assert money(1234, "KWD") == "1.234 KWD"
+    assert mail_message_id("abc-1") == "<abc-1@ordermesh>"
+    odd = mail_message_id("has space <and> brackets")
+    assert odd.startswith("<") and odd.endswith("@ordermesh>") and " " not in odd
+
+
+@pytest.mark.rabbitmq
+async def test_a_legacy_pika_publisher_gets_a_mail_sent(sink: MailSink, tmp_path: Path) -> None:
+    require_rabbitmq()
+    import pika
+
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    broker = await open_broker(f"{AMQP_URL}?prefix={prefix}")
+    body = json.dumps({"id": "legacy-1", "user_email": "grace@example.com"})
+
+    def publish() -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+        try:
+            channel = connection.channel()
+            channel.exchange_declare(exchange=f"{prefix}orders", exchange_type="topic", durable=True)
+            for _ in range(2):  # a legacy duplicate: the same bytes twice, no message id
+                channel.basic_publish(exchange=f"{prefix}orders", routing_key="order.created", body=body)
+        finally:
+            connection.close()
+
+    async with running(broker, sink.port, tmp_path) as service:
+        await asyncio.to_thread(publish)
+        (mail,) = await sink.wait_for(1, timeout=20)
+        assert mail.rcpt_tos == ["grace@example.com"] and mail.subject == "Order legacy-1 confirmed"
+        expected_id = derived_message_id("order.created", body.encode())
+        assert mail.message_id == f"<{expected_id}@ordermesh>"
+        await eventually(lambda: service.handler.duplicates == 1, timeout=20)
+        assert len(sink.received) == 1

@@ -1,0 +1,180 @@
+"""The committed AsyncAPI document (docs/asyncapi.json) is the one the code generates, and it
+covers every exchange, routing key and queue the code uses."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ordermesh.messaging import port
+from ordermesh.messaging.asyncapi import asyncapi_document, asyncapi_json
+from ordermesh.services.notifications.service import QUEUES
+from ordermesh.services.orders.domain import OrderAggregate
+from ordermesh.services.orders.events import OrderLine
+from ordermesh.services.orders.outbox import EXCHANGE, ROUTING_KEYS
+from ordermesh.services.orders.schemas import Order
+
+COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
+HOW = "regenerate with `python -m ordermesh.messaging.asyncapi > docs/asyncapi.json` and commit it"
+
+
+def test_committed_document_matches_the_code() -> None:
+    if not COMMITTED.exists():
+        pytest.fail(f"{COMMITTED} is missing: {HOW}", pytrace=False)
+    committed, current = COMMITTED.read_text(encoding="utf-8"), asyncapi_json()
+    if committed != current:
+        diff = difflib.unified_diff(
+            committed.splitlines(), current.splitlines(), "docs/asyncapi.json", "asyncapi_json()", lineterm=""
+        )
+        shown = "\n".join(list(diff)[:60])
+        pytest.fail(f"docs/asyncapi.json differs from the code's messaging: {HOW}.\n{shown}", pytrace=False)
+
+
+def test_serialisation_is_deterministic() -> None:
+    text = asyncapi_json()
+    assert text == asyncapi_json() and text.endswith("}\n") and text.isascii()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
+    assert json.loads(text)["asyncapi"] == "3.0.0"
+
+
+def test_main_prints_the_document(capsys: pytest.CaptureFixture[str]) -> None:
+    from ordermesh.messaging.asyncapi import main
+
+    main()
+    assert capsys.readouterr().out == asyncapi_json()
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def _resolve(document: dict[str, Any], ref: str) -> Any:
+    assert ref.startswith("#/"), f"{ref}: only local references are expected"
+    node: Any = document
+    for raw in ref[2:].split("/"):
+        part = raw.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict) and part in node, f"dangling $ref {ref} (no {part!r})"
+        node = node[part]
+    if isinstance(node, dict) and set(node) == {"$ref"}:
+        return _resolve(document, node["$ref"])  # a reference to a reference
+    return node
+
+
+def test_every_ref_resolves() -> None:
+    document = asyncapi_document()
+    refs = _refs(document)
+    assert refs
+    for ref in refs:
+        _resolve(document, ref)
+
+
+def test_every_routing_key_has_a_channel_and_a_message() -> None:
+    document = asyncapi_document()
+    for event, key in ROUTING_KEYS.items():
+        channel = document["channels"].get(key)
+        assert channel is not None, f"no channel for routing key {key}"
+        assert channel["address"] == key
+        assert channel["bindings"]["amqp"]["is"] == "routingKey"
+        assert channel["bindings"]["amqp"]["exchange"] | {"vhost": "/"} == {
+            "name": EXCHANGE,
+            "type": "topic",
+            "durable": True,
+            "autoDelete": False,
+            "vhost": "/",
+        }
+        message = _resolve(document, channel["messages"][event]["$ref"])
+        assert message is document["components"]["messages"][event]
+        assert message["bindings"]["amqp"]["messageType"] == key
+        assert message["payload"] == {"$ref": "#/components/schemas/Order"}
+        operation = document["operations"][f"send{event}"]
+        assert operation["action"] == "send"
+        assert _resolve(document, operation["channel"]["$ref"]) is channel
+
+
+def test_every_consumer_queue_has_a_receive_operation() -> None:
+    document = asyncapi_document()
+    receives = {
+        op["channel"]["$ref"]: op for op in document["operations"].values() if op["action"] == "receive"
+    }
+    assert len(receives) == len(QUEUES)
+    for queue, binding_key in QUEUES.items():
+        operation = receives[f"#/channels/{queue}"]
+        channel = document["channels"][queue]
+        assert channel["bindings"]["amqp"]["queue"]["name"] == queue
+        assert channel["x-ordermesh-binding"] == {"bindingKeys": [binding_key], "exchange": EXCHANGE}
+        names = {_resolve(document, m["$ref"])["name"] for m in operation["messages"]}
+        assert names == {event for event, key in ROUTING_KEYS.items() if key == binding_key}
+        assert f"{queue}.dlq" in document["channels"]
+
+
+def test_envelope_and_dead_letter_headers_are_described() -> None:
+    schemas = asyncapi_document()["components"]["schemas"]
+    envelope = schemas["EnvelopeHeaders"]["properties"]
+    header_names = [value for name, value in vars(port).items() if name.startswith("H_")]
+    for name in [*header_names, port.TRACEPARENT, port.TRACESTATE]:
+        if name != port.H_DEAD_AT:
+            assert name in envelope, f"header {name} is not documented"
+    for prop in ("message_id", "type", "correlation_id", "content_type", "timestamp"):
+        assert prop in envelope
+    assert envelope["content_type"]["const"] == "application/json"
+    dead = schemas["DeadLetterHeaders"]["allOf"][1]
+    assert set(dead["required"]) == {
+        port.H_ERROR,
+        port.H_ATTEMPT,
+        port.H_ORIGINAL_EXCHANGE,
+        port.H_ORIGINAL_ROUTING_KEY,
+        port.H_DEAD_AT,
+    }
+
+
+def _order_resources() -> list[dict[str, Any]]:
+    now = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    order = OrderAggregate.create(
+        "ord-1", "user-1", "ada@example.com", "EUR", [OrderLine("SKU-1", 2, 1250)], now
+    )
+    return [order.to_snapshot()]
+
+
+def _payload_schema() -> dict[str, Any]:
+    """``Order`` with the document's components, so its ``#/components/schemas/…`` refs resolve."""
+    components = asyncapi_document()["components"]
+    return {**components["schemas"]["Order"], "components": {"schemas": components["schemas"]}}
+
+
+def test_order_payload_schema_is_the_pydantic_model() -> None:
+    schema = asyncapi_document()["components"]["schemas"]["Order"]
+    assert set(schema["required"]) == set(Order.model_json_schema()["required"])
+    for resource in _order_resources():
+        assert set(resource) == set(schema["properties"])
+        Order.model_validate(resource)
+
+
+def test_order_payload_schema_validates_a_real_order() -> None:
+    schema = _payload_schema()
+    if importlib.util.find_spec("jsonschema") is not None:
+        import jsonschema
+
+        validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+        for resource in _order_resources():
+            validator.validate(resource)
+            assert not validator.is_valid({**resource, "status": "lost"})
+    elif importlib.util.find_spec("jsonschema_rs") is not None:
+        import jsonschema_rs
+
+        rs_validator = jsonschema_rs.Draft202012Validator(schema, validate_formats=True)
+        for resource in _order_resources():
+            rs_validator.validate(resource)
+            assert not rs_validator.is_valid({**resource, "status": "lost"})
+    else:
+        pytest.skip("neither jsonschema nor jsonschema_rs is installed")
