@@ -180,3 +180,38 @@ async def test_health_and_metrics(api: Api) -> None:
     head = await api.system.store.head_position()
     assert head > 0
     assert f'ordermesh_projection_position{{projection="user_orders"}} {float(head)}' in text
+
+
+async def test_one_order_is_one_trace_from_the_rest_call_to_the_message(api: Api) -> None:
+    from ordermesh import tracing
+    from ordermesh.eventstore.subscription import MemoryCheckpoints
+    from ordermesh.messaging.memory import MemoryBroker
+    from ordermesh.messaging.port import Delivery
+    from ordermesh.messaging.relay import OutboxRelay
+    from ordermesh.services.orders.outbox import EXCHANGE, OrderMessages
+
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with api.http.post(
+        api.url + "/api/orders", json=order_body(), headers={**api.auth("alice"), "traceparent": caller}
+    ) as r:
+        assert r.status == 201
+        answered = r.headers["traceparent"]
+    assert tracing.trace_id(answered) == tracing.trace_id(caller) and answered != caller
+
+    broker, got, arrived = MemoryBroker(), [], asyncio.Event()
+
+    async def collect(d: Delivery) -> None:
+        got.append(d)
+        arrived.set()
+
+    await broker.declare_exchange(EXCHANGE)
+    await broker.subscribe("trace", EXCHANGE, ["order.created"], collect)
+    relay = OutboxRelay(
+        api.system.store, MemoryCheckpoints(), broker, EXCHANGE, OrderMessages(api.system.service)
+    )
+    while await relay.step():
+        pass
+    await asyncio.wait_for(arrived.wait(), 5)
+    (delivery,) = got
+    assert delivery.message.headers["traceparent"] == answered
+    await broker.close()

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from ordermesh import tracing
 from ordermesh.clock import Clock, SystemClock
 from ordermesh.errors import ConcurrencyConflict, NotFound, PermissionDenied
 from ordermesh.eventstore.aggregate import Repository
@@ -47,7 +48,7 @@ class OrderService:
         self, user_id: str, user_email: str, currency: str, items: Sequence[OrderLine]
     ) -> dict[str, Any]:
         order = OrderAggregate.create(self._new_id(), user_id, user_email, currency, items, self.clock.now())
-        result = await self.repository.save(order)
+        result = await self.repository.save(order, tracing.event_metadata())
         await self._await_projections(result.position)
         return order.to_snapshot()
 
@@ -113,7 +114,7 @@ class OrderService:
             order = await self.repository.load(order_id)
             command(order, self.clock.now())
             try:
-                result = await self.repository.save(order)
+                result = await self.repository.save(order, tracing.event_metadata())
             except ConcurrencyConflict:
                 continue
             await self._await_projections(result.position)
