@@ -191,3 +191,32 @@ async def _until(condition: Any, timeout: float = 20) -> None:
         if loop.time() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+async def test_a_grpc_call_continues_the_callers_trace_into_the_events(
+    server: tuple[str, str, dict[str, str]],
+) -> None:
+    from ordermesh import tracing
+    from ordermesh.eventstore import open_event_store
+    from ordermesh.orders.v1.orders_pb2 import CreateOrderRequest, OrderItem
+
+    _, target, env = server
+    token = token_for(env, "erin")
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with grpc.aio.insecure_channel(target) as channel:
+        order = await OrderServiceStub(channel).CreateOrder(
+            CreateOrderRequest(
+                user_email="erin@example.com",
+                currency="EUR",
+                items=[OrderItem(sku="A", quantity=1, unit_price=5)],
+            ),
+            metadata=(("authorization", f"Bearer {token}"), ("traceparent", caller)),
+            timeout=5,
+        )
+    store = await open_event_store(f"sqlite:///{Path(env['ORDERMESH_DATA_DIR']).resolve()}/orders.db")
+    try:
+        (created,) = await store.read_stream(f"order-{order.id}")
+    finally:
+        await store.close()
+    assert tracing.trace_id(created.metadata["traceparent"]) == tracing.trace_id(caller)
+    assert created.metadata["traceparent"] != caller  # a child span of the caller's

@@ -31,6 +31,7 @@ from typing import Any, NoReturn, TypeAlias
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from ordermesh import tracing
 from ordermesh.errors import FieldViolation, Unauthenticated, ValidationError
 from ordermesh.http.auth import Tokens
 from ordermesh.rpc.context import principal_or_none, set_deadline, set_principal
@@ -296,8 +297,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     def _authenticate(self, context: Context) -> None:
         """Makes the bearer token's subject the principal (``current_principal()``); raises
-        ``Unauthenticated`` (answered as UNAUTHENTICATED) when it is missing or does not verify."""
+        ``Unauthenticated`` (answered as UNAUTHENTICATED) when it is missing or does not verify.
+        Also continues the caller's W3C trace (``traceparent`` metadata) for what the call writes."""
         set_principal(self._tokens.verify(_bearer_token(context)))
+        incoming = next((v for k, v in context.invocation_metadata() or () if k == "traceparent"), None)
+        tracing.set_current(tracing.child_of(incoming if isinstance(incoming, str) else None))
 
     @staticmethod
     async def _answer(state: _Method, context: Context, exc: Exception) -> NoReturn:
