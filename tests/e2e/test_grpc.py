@@ -4,6 +4,7 @@ stream that survives kill -9."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,7 +214,8 @@ async def test_a_grpc_call_continues_the_callers_trace_into_the_events(
             metadata=(("authorization", f"Bearer {token}"), ("traceparent", caller)),
             timeout=5,
         )
-    store = await open_event_store(f"sqlite:///{Path(env['ORDERMESH_DATA_DIR']).resolve()}/orders.db")
+    data_dir = os.path.abspath(env["ORDERMESH_DATA_DIR"])
+    store = await open_event_store(f"sqlite:///{data_dir}/orders.db")
     try:
         (created,) = await store.read_stream(f"order-{order.id}")
     finally:
