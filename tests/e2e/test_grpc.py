@@ -4,7 +4,6 @@ stream that survives kill -9."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,8 +213,7 @@ async def test_a_grpc_call_continues_the_callers_trace_into_the_events(
             metadata=(("authorization", f"Bearer {token}"), ("traceparent", caller)),
             timeout=5,
         )
-    data_dir = os.path.abspath(env["ORDERMESH_DATA_DIR"])
-    store = await open_event_store(f"sqlite:///{data_dir}/orders.db")
+    store = await open_event_store(f"sqlite:///{env['ORDERMESH_DATA_DIR']}/orders.db")  # an absolute tmp path
     try:
         (created,) = await store.read_stream(f"order-{order.id}")
     finally:
