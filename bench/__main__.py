@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bench import aggregate_load, appends, grpc_orders, http_orders, replay
+from bench import aggregate_load, appends, grpc_orders, http_orders, messaging, replay
 from bench.common import Figure
 
 BENCHMARKS: dict[str, Callable[[], Coroutine[Any, Any, list[Figure]]]] = {
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, Callable[[], Coroutine[Any, Any, list[Figure]]]] = {
     "aggregate_load": aggregate_load.run,
     "http_orders": http_orders.run,
     "grpc_orders": grpc_orders.run,
+    "messaging": messaging.run,
 }
 
 

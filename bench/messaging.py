@@ -1,0 +1,293 @@
+"""Messaging: the outbox relay to RabbitMQ end to end, and the embedded (SQLite) broker.
+
+1. End to end, durable, effectively once. Ours: N order events already in a SQLite event store;
+   an ``OutboxRelay`` (batch 500) reads them, translates each into a ``Message`` (message id =
+   event id), publishes to a topic exchange through ``RabbitBroker`` with publisher confirms
+   (window 500) and moves its SQLite checkpoint; a subscription (prefetch 500) runs a handler that
+   records the message id in a ``SqlInbox`` (its own SQLite file, one transaction per message)
+   and the broker acks after it returns. Timed from relay start until the consumer handled all N.
+   Peer: raw aio-pika on the same server: N persistent messages of the same body published with
+   publisher confirms, at most 500 in flight, to a durable topic exchange and queue; a consumer
+   (prefetch 500) acks each message by hand. No store, no checkpoint, no inbox, no headers.
+   FastStream is not installed, so it is not compared.
+2. The embedded broker (``EmbeddedBroker``, a SQLite file): N messages published one per
+   ``publish`` call and in batches of 50, one subscription with prefetch 64; throughput from the
+   first publish to the last handled message, and p99 publish→handle latency. For scale the same
+   workload runs once through ``RabbitBroker`` (the "peer" column: a server, not a file).
+
+Each side runs twice, alternating; the best round of each counts. Names carry a unique prefix
+and the RabbitMQ topology is deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import aio_pika
+import orjson
+
+from bench.common import Figure, event_data, print_figures
+from ordermesh.db import connect
+from ordermesh.eventstore import NewEvent, SqlEventStore
+from ordermesh.eventstore.model import StoredEvent
+from ordermesh.eventstore.subscription import SqlCheckpoints
+from ordermesh.messaging.embedded import EmbeddedBroker
+from ordermesh.messaging.inbox import SqlInbox
+from ordermesh.messaging.port import Broker, Delivery, Message
+from ordermesh.messaging.rabbitmq import RabbitBroker
+from ordermesh.messaging.relay import OutboxRelay
+
+AMQP_URL = os.environ.get("ORDERMESH_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+N = 5_000
+WINDOW = 500  # relay batch, confirm window and consumer prefetch of the end-to-end case
+EMBEDDED_PREFETCH = 64
+EMBEDDED_BATCH = 50
+ROUNDS = 2
+TIMEOUT = 30.0  # per measured run: a stuck run fails instead of hanging
+
+
+def amqp_url() -> str:
+    host = urlsplit(AMQP_URL).hostname
+    if host not in {"127.0.0.1", "localhost", "::1"}:
+        raise SystemExit(f"benchmarks only talk to 127.0.0.1, not {host!r} (ORDERMESH_BENCH_AMQP_URL)")
+    return AMQP_URL
+
+
+def _prefix() -> str:
+    return f"bench-msg-{uuid.uuid4().hex[:10]}."
+
+
+# ------------------------------------------------------------------------- 1. end to end, ours
+
+
+async def _translate(event: StoredEvent) -> Message | None:
+    return Message(
+        routing_key="order.created",
+        body=orjson.dumps(event.data),
+        type="order.created",
+        message_id=event.event_id,
+        occurred_at=event.occurred_at,
+        correlation_id=event.stream_id,
+        causation_id=event.event_id,
+    )
+
+
+async def _seed_store(path: str) -> SqlEventStore:
+    store = await SqlEventStore.open(await connect(f"sqlite:///{path}"))
+
+    async def writer(w: int) -> None:
+        for i in range(w, N, 8):
+            await store.append(f"order-{i:08d}", [NewEvent("OrderCreated", event_data(i))], 0)
+
+    await asyncio.gather(*(writer(w) for w in range(8)))
+    return store
+
+
+async def _ours_e2e(tmp: str) -> float:
+    tag = uuid.uuid4().hex[:8]
+    store = await _seed_store(os.path.join(tmp, f"events-{tag}.db"))
+    inbox_db = await connect(f"sqlite:///{os.path.join(tmp, f'inbox-{tag}.db')}")
+    inbox = await SqlInbox.open(inbox_db, "bench")
+    checkpoints = await SqlCheckpoints.open(store.db)
+    broker = await RabbitBroker.open(amqp_url(), prefix=_prefix(), confirm_window=WINDOW)
+    try:
+        handled = 0
+        done = asyncio.Event()
+
+        async def effect(tx: object) -> None:
+            return None
+
+        async def handle(delivery: Delivery) -> None:
+            nonlocal handled
+            if await inbox.once(delivery.message.message_id, effect):
+                handled += 1
+                if handled == N:
+                    done.set()
+
+        await broker.subscribe("bench.orders", "orders", ["order.*"], handle, prefetch=WINDOW)
+        relay = OutboxRelay(store, checkpoints, broker, "orders", _translate, name="bench", batch=WINDOW)
+        stop = asyncio.Event()
+        start = time.perf_counter()
+        task = asyncio.create_task(relay.run(stop, idle_timeout=0.05))
+        try:
+            await asyncio.wait_for(done.wait(), TIMEOUT)
+            elapsed = time.perf_counter() - start
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        if relay.failures:
+            raise RuntimeError(f"relay failed {relay.failures} times: {relay.last_error}")
+        return N / elapsed
+    finally:
+        await broker.delete_topology()
+        await broker.close()
+        await inbox_db.close()
+        await store.close()
+
+
+# ------------------------------------------------------------------------- 1. end to end, peer
+
+
+async def _peer_e2e() -> float:
+    prefix = _prefix()
+    bodies = [orjson.dumps(event_data(i)) for i in range(N)]
+    connection = await aio_pika.connect(amqp_url(), timeout=5)
+    try:
+        pub = await connection.channel(publisher_confirms=True)
+        exchange = await pub.declare_exchange(f"{prefix}orders", aio_pika.ExchangeType.TOPIC, durable=True)
+        sub = await connection.channel()
+        await sub.set_qos(prefetch_count=WINDOW)
+        queue = await sub.declare_queue(f"{prefix}bench.orders", durable=True)
+        await queue.bind(f"{prefix}orders", routing_key="order.*")
+        handled = 0
+        done = asyncio.Event()
+
+        async def on_message(incoming: aio_pika.abc.AbstractIncomingMessage) -> None:
+            nonlocal handled
+            await incoming.ack()
+            handled += 1
+            if handled == N:
+                done.set()
+
+        tag = await queue.consume(on_message)
+        window = asyncio.Semaphore(WINDOW)
+
+        async def publish_one(body: bytes) -> None:
+            try:
+                await exchange.publish(
+                    aio_pika.Message(
+                        body,
+                        message_id=str(uuid.uuid4()),
+                        content_type="application/json",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    ),
+                    routing_key="order.created",
+                    mandatory=True,
+                )
+            finally:
+                window.release()
+
+        start = time.perf_counter()
+        tasks = []
+        for body in bodies:
+            await window.acquire()
+            tasks.append(asyncio.create_task(publish_one(body)))
+        await asyncio.gather(*tasks)
+        await asyncio.wait_for(done.wait(), TIMEOUT)
+        elapsed = time.perf_counter() - start
+        await queue.cancel(tag)
+        await queue.delete(if_unused=False, if_empty=False)
+        await exchange.delete()
+        return N / elapsed
+    finally:
+        await connection.close()
+
+
+# --------------------------------------------------------------------- 2. publish → handle
+
+
+async def _publish_handle(broker: Broker, batch: int) -> tuple[float, float]:
+    """Messages per second and p99 publish→handle latency in ms."""
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def handle(delivery: Delivery) -> None:
+        latencies.append(time.perf_counter() - sent[delivery.message.message_id])
+        if len(latencies) == N:
+            done.set()
+
+    exchange = "bench-events"
+    await broker.declare_exchange(exchange)
+    await broker.subscribe("bench.events", exchange, ["event.#"], handle, prefetch=EMBEDDED_PREFETCH)
+    messages = [Message("event.created", orjson.dumps(event_data(i)), type="event.created") for i in range(N)]
+    start = time.perf_counter()
+    for i in range(0, N, batch):
+        chunk = messages[i : i + batch]
+        now = time.perf_counter()
+        for m in chunk:
+            sent[m.message_id] = now
+        await broker.publish(exchange, chunk)
+    await asyncio.wait_for(done.wait(), TIMEOUT)
+    elapsed = time.perf_counter() - start
+    return N / elapsed, statistics.quantiles(latencies, n=100)[98] * 1000
+
+
+async def _embedded(tmp: str, batch: int) -> tuple[float, float]:
+    broker = await EmbeddedBroker.open(os.path.join(tmp, f"mq-{uuid.uuid4().hex[:8]}.db"))
+    try:
+        return await _publish_handle(broker, batch)
+    finally:
+        await broker.delete_topology()
+        await broker.close()
+
+
+async def _rabbit(batch: int) -> tuple[float, float]:
+    broker = await RabbitBroker.open(amqp_url(), prefix=_prefix(), confirm_window=WINDOW)
+    try:
+        return await _publish_handle(broker, batch)
+    finally:
+        await broker.delete_topology()
+        await broker.close()
+
+
+# ------------------------------------------------------------------------------------- run
+
+
+async def _best(
+    ours: Callable[[], Awaitable[float]], peer: Callable[[], Awaitable[float]]
+) -> tuple[float, float]:
+    a: list[float] = []
+    b: list[float] = []
+    for _ in range(ROUNDS):
+        a.append(await ours())
+        b.append(await peer())
+    return max(a), max(b)
+
+
+async def run() -> list[Figure]:
+    with tempfile.TemporaryDirectory() as tmp:
+        ours, peer = await _best(lambda: _ours_e2e(tmp), _peer_e2e)
+        figures = [
+            Figure(f"outbox→RabbitMQ→inbox, {N:,} msgs", ours, peer, "msg/s", "raw aio-pika, confirms+acks")
+        ]
+        print_figures("Messaging end to end, durable (best of 2 rounds each)", figures)
+
+        embedded: list[Figure] = []
+        for batch in (1, EMBEDDED_BATCH):
+            runs_e: list[tuple[float, float]] = []
+            runs_r: list[tuple[float, float]] = []
+            for r in range(ROUNDS):
+                runs_e.append(await _embedded(tmp, batch))
+                if r == 0:  # a reference for scale, not a target: one round keeps the run short
+                    runs_r.append(await _rabbit(batch))
+            label = "1 per publish" if batch == 1 else f"batches of {batch}"
+            embedded += [
+                Figure(
+                    f"embedded, {label}: throughput",
+                    max(r[0] for r in runs_e),
+                    max(r[0] for r in runs_r),
+                    "msg/s",
+                    "RabbitBroker",
+                ),
+                Figure(
+                    f"embedded, {label}: p99 latency",
+                    min(r[1] for r in runs_e),
+                    min(r[1] for r in runs_r),
+                    "ms",
+                    "RabbitBroker",
+                ),
+            ]
+        print_figures(
+            f"Embedded broker, {N:,} msgs, prefetch {EMBEDDED_PREFETCH} "
+            "(best of 2, RabbitBroker 1 round; latency: lower is better)",
+            embedded,
+        )
+    return figures + embedded
