@@ -4,13 +4,11 @@ same JSON as REST's, so ``order['id']`` and ``order['user_email']`` are always t
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 
 from ordermesh.eventstore.model import StoredEvent
 from ordermesh.messaging.port import Message
-from ordermesh.services.orders.projections import STREAM_PREFIX, evolve
+from ordermesh.services.orders.projections import STREAM_PREFIX, OrderStates
 from ordermesh.services.orders.service import OrderService
 
 EXCHANGE = "orders"
@@ -26,37 +24,26 @@ ROUTING_KEYS = {
     "OrderCancelled": "order.cancelled",
     "OrderRefunded": "order.refunded",
 }
-_MAX_TRACKED = 10_000
 
 
 class OrderMessages:
     """Translates stored order events into messages, keeping each order's state as it goes."""
 
     def __init__(self, service: OrderService) -> None:
-        self._service = service
-        self._orders: dict[str, dict[str, Any]] = {}
+        self._orders = OrderStates(service.repository)
 
     async def __call__(self, event: StoredEvent) -> Message | None:
         key = ROUTING_KEYS.get(event.type)
         if key is None or not event.stream_id.startswith(STREAM_PREFIX):
             return None
-        order_id = event.stream_id.removeprefix(STREAM_PREFIX)
-        before = self._orders.get(order_id)
-        if before is None and event.version > 1:
-            # First sight mid-stream (a restart): the state before this event, from the store.
-            loaded = await self._service.repository.load(order_id, version=event.version - 1)
-            before = loaded.to_snapshot()
-        order = evolve(before, event)
-        if len(self._orders) >= _MAX_TRACKED:
-            self._orders.clear()
-        self._orders[order_id] = order
+        order = await self._orders.after(event)
         return Message(
             routing_key=key,
             body=orjson.dumps(order),
             type=key,
             message_id=event.event_id,
             occurred_at=event.occurred_at,
-            correlation_id=str(event.metadata.get("correlation_id") or order_id),
+            correlation_id=str(event.metadata.get("correlation_id") or order["id"]),
             causation_id=event.event_id,
             headers={k: str(v) for k, v in event.metadata.items() if k in ("traceparent", "tracestate")},
         )

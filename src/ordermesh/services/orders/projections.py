@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ordermesh.eventstore.aggregate import EventMeta
+from ordermesh.eventstore.aggregate import EventMeta, Repository
 from ordermesh.eventstore.model import StoredEvent
 from ordermesh.readmodel.projection import DocBatch
 from ordermesh.services.orders.domain import OrderAggregate
@@ -22,6 +22,27 @@ def evolve(resource: dict[str, Any] | None, event: StoredEvent) -> dict[str, Any
     order.apply(codec.decode(event), EventMeta(event.version, event.occurred_at))
     order.version = event.version
     return order.to_snapshot()
+
+
+class OrderStates:
+    """Each order's resource as of the last event seen, for readers that walk the store in order
+    (the update feed, the outbox relay). An order first seen mid-stream (after a restart, or a
+    feed resumed from a position) is loaded as it was just before that event."""
+
+    def __init__(self, repository: Repository[OrderAggregate], limit: int = 10_000) -> None:
+        self._repository = repository
+        self._orders: dict[str, dict[str, Any]] = {}
+        self._limit = limit
+
+    async def after(self, event: StoredEvent) -> dict[str, Any]:
+        order_id = event.stream_id.removeprefix(STREAM_PREFIX)
+        before = self._orders.get(order_id)
+        if before is None and event.version > 1:
+            before = (await self._repository.load(order_id, version=event.version - 1)).to_snapshot()
+        if len(self._orders) >= self._limit:
+            self._orders.clear()  # rebuilt lazily: bounds memory on very long walks
+        order = self._orders[order_id] = evolve(before, event)
+        return order
 
 
 def _is_order_event(event: StoredEvent) -> bool:

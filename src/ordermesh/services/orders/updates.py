@@ -16,12 +16,10 @@ from typing import Any
 from ordermesh.errors import InfrastructureError, PermissionDenied, ValidationError
 from ordermesh.eventstore.model import StoredEvent
 from ordermesh.http.auth import check_user_id
-from ordermesh.services.orders.projections import STREAM_PREFIX, evolve
+from ordermesh.services.orders.projections import STREAM_PREFIX, OrderStates
 from ordermesh.services.orders.service import OrderService
 
 PAGE = 256
-_NOT_OURS: dict[str, Any] = {}
-_MAX_TRACKED = 10_000
 
 
 class OrderFeed:
@@ -46,7 +44,8 @@ class OrderFeed:
             raise PermissionDenied("you may only follow your own orders")
         if order_id is not None:
             await self._service.get_order_at(order_id, requester)  # NotFound unless the caller's
-        orders: dict[str, dict[str, Any]] = {}
+        states = OrderStates(self._service.repository)
+        foreign: set[str] = set()  # orders seen to be someone else's: skipped without work
         position = after_position
         while True:
             page = await self._next_page(position)
@@ -55,16 +54,16 @@ class OrderFeed:
                 oid = event.stream_id.removeprefix(STREAM_PREFIX)
                 if not event.stream_id.startswith(STREAM_PREFIX) or (order_id and oid != order_id):
                     continue
-                state = orders.get(oid)
-                if state is None:
-                    state = await self._state_before(oid, event, requester)
-                    if len(orders) >= _MAX_TRACKED:
-                        orders.clear()  # rebuilt lazily; bounds memory on very long feeds
-                if state is _NOT_OURS:
-                    orders[oid] = state
+                if oid in foreign:
                     continue
-                orders[oid] = evolve(state or None, event)
-                yield event, orders[oid]
+                if event.version == 1 and event.data.get("user_id") != requester:
+                    foreign.add(oid)
+                    continue
+                order = await states.after(event)
+                if order["user_id"] != requester:
+                    foreign.add(oid)
+                    continue
+                yield event, order
 
     async def _next_page(self, position: int) -> list[StoredEvent]:
         while True:
@@ -84,11 +83,3 @@ class OrderFeed:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-
-    async def _state_before(self, order_id: str, event: StoredEvent, requester: str) -> dict[str, Any]:
-        """The order just before ``event`` (empty for its first event), or ``_NOT_OURS``."""
-        if event.version == 1:
-            owner = event.data.get("user_id")
-            return {} if owner == requester else _NOT_OURS
-        order = await self._service.repository.load(order_id, version=event.version - 1)
-        return order.to_snapshot() if order.user_id == requester else _NOT_OURS
