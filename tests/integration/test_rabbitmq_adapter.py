@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
@@ -39,33 +36,18 @@ from ordermesh.messaging.port import (
     Unroutable,
 )
 from ordermesh.messaging.rabbitmq import RabbitBroker, derived_message_id
+from tests.conftest import AMQP_URL, require_rabbitmq
 
-AMQP_URL = os.environ.get("ORDERMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-HOW = (
-    "RabbitMQ is not reachable at {url} ({error}). Start it with `rabbitmq-server -detached` "
-    "or point ORDERMESH_TEST_AMQP_URL at a server."
-)
 FAST = RetryPolicy(max_attempts=3, initial=0.05, multiplier=2.0, maximum=0.2)
 WAIT = 10.0  # seconds: the ceiling of every event-driven wait
 
 pytestmark = pytest.mark.rabbitmq
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
 @pytest.fixture
 def amqp_url() -> str:
     """The server URL; a missing server skips outside CI and fails under CI=true."""
-    parts = urlsplit(AMQP_URL)
-    try:
-        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=3).close()
-    except OSError as exc:
-        message = HOW.format(url=AMQP_URL, error=exc)
-        if _in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_rabbitmq()
     return AMQP_URL
 
 
