@@ -1,4 +1,4 @@
-"""The RabbitMQ adapter of the broker port (aio-pika, robust connection).
+"""The RabbitMQ adapter of the broker port (aio-pika's robust connection, aiormq on the hot path).
 
 Topology, all names prefixed with ``prefix`` (a namespace: tests, tenants)::
 
@@ -10,16 +10,13 @@ Topology, all names prefixed with ``prefix`` (a namespace: tests, tenants)::
     queue     {queue}.dlq                 dead letters, read by ``dead_letters`` and ``replay``
 
 ``quorum=True`` makes every queue a quorum queue (the delay queues then dead-letter
-at-least-once). Messages are persistent (delivery mode 2).
+at-least-once). Messages are persistent (delivery mode 2); the envelope is in ``codec``.
 
-The envelope travels in AMQP properties (message_id, type, correlation_id, timestamp,
-content_type) and headers (``x-ordermesh-*``, traceparent…); the body is the plain JSON payload,
-so a legacy publisher's bare ``basic_publish(json.dumps(order))`` is consumable. Missing
-properties get defaults: type = routing key, schema version 1, occurred_at = the timestamp
-property or now, and message_id = a UUID derived from the routing key and the body (not a
-random one): a broker redelivery of the same id-less message must carry the same id, or the
-consumer's inbox could not recognise the duplicate. Two legacy messages with the same routing
-key and byte-identical body are, in turn, treated as one event.
+aio-pika owns the connection, the channels and the topology, and restores them after a lost
+connection. Publishing, consuming and acknowledging go one layer down, to the aiormq channel
+under aio-pika's: aio-pika wraps every message in objects of its own and runs every delivery
+in a second task, which measured as a third of the CPU per message. A consumer re-registers
+itself on the new channel when aio-pika reopens one (``reopen_callbacks``).
 
 Retries and dead letters are *copies* published (with confirms) to the delay or dead-letter
 queue before the original is acknowledged: a crash in between duplicates, never loses.
@@ -30,38 +27,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-    DeliveryMode,
-)
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
+from aiormq.abc import AbstractChannel as RawChannel
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
 from pamqp.common import Arguments, FieldValue
 
 from ordermesh.errors import NotFound
 from ordermesh.messaging.port import (
     H_ATTEMPT,
-    H_CAUSATION,
     H_DEAD_AT,
     H_ERROR,
-    H_OCCURRED,
-    H_ORIGINAL_EXCHANGE,
-    H_ORIGINAL_ROUTING_KEY,
-    H_SCHEMA,
-    H_TYPE,
     BrokerUnavailable,
     DeadLetter,
     Delivery,
@@ -71,6 +55,8 @@ from ordermesh.messaging.port import (
     RetryPolicy,
     Unroutable,
 )
+from ordermesh.messaging.rabbitmq import codec
+from ordermesh.messaging.rabbitmq.acks import Acks
 
 log = logging.getLogger("ordermesh.messaging.rabbitmq")
 
@@ -78,10 +64,6 @@ HOW_TO_START = (
     "RabbitMQ is not reachable at {url} ({error}). Start it with `rabbitmq-server -detached` "
     "(or `docker run -d -p 5672:5672 rabbitmq:3`) or point the broker URL at a running server."
 )
-CONTENT_TYPE = "application/json"
-_MAX_ERROR = 2000  # characters of the error text kept in a dead letter's header
-# Headers the broker adds while dead-lettering through the delay queues: dropped from copies.
-_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 _CONNECTION_ERRORS = (
     ConnectionError,
     OSError,
@@ -89,10 +71,6 @@ _CONNECTION_ERRORS = (
     aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ChannelClosed,
 )
-
-
-class _Malformed(ValueError):
-    """An envelope property or header that cannot be decoded."""
 
 
 def _redact(url: str) -> str:
@@ -103,71 +81,12 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def derived_message_id(routing_key: str, body: bytes) -> str:
-    """The id given to a message published without one: stable across redeliveries."""
-    digest = hashlib.sha256(routing_key.encode() + b"\n" + body).digest()
-    return str(uuid.UUID(bytes=digest[:16], version=5))
-
-
-def _is_broker_header(name: str) -> bool:
-    return name.startswith(_BROKER_HEADERS)
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, str | int | float | bool | datetime):
-        return str(value)
-    return None
-
-
-def _int_header(headers: Mapping[str, Any], name: str, default: int, strict: bool) -> int:
-    value = headers.get(name)
-    if value is None:
-        return default
-    try:
-        if isinstance(value, bool):
-            raise ValueError(value)
-        number = int(value.decode() if isinstance(value, bytes) else value)
-        if number < 1:
-            raise ValueError(number)
-        return number
-    except (TypeError, ValueError):
-        if strict:
-            raise _Malformed(f"header {name}={value!r} is not a positive integer") from None
-        return default
-
-
-def _str_header(headers: Mapping[str, Any], name: str) -> str | None:
-    value = headers.get(name)
-    return None if value is None else _text(value)
-
-
-_EPOCH = datetime.fromtimestamp(0, UTC)
-
-
-def _dead_at(incoming: AbstractIncomingMessage) -> datetime:
-    """When a dead letter died (from its header; the epoch if it has none)."""
-    try:
-        when = datetime.fromisoformat(_str_header(incoming.headers or {}, H_DEAD_AT) or "")
-    except ValueError:
-        return _EPOCH
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-
-
-async def _requeue(taken: Sequence[AbstractIncomingMessage]) -> None:
+async def _requeue(channel: RawChannel, taken: Sequence[DeliveredMessage]) -> None:
     """Give back messages taken with basic.get (one nack covering every delivery tag up to
     the highest; tags acknowledged already are not affected)."""
-    if taken:
-        last = max(taken, key=lambda incoming: incoming.delivery_tag or 0)
-        await last.nack(multiple=True, requeue=True)
-
-
-@dataclass
-class _Decoded:
-    message: Message
-    exchange: str
-    attempt: int
+    tags = [m.delivery_tag for m in taken if m.delivery_tag is not None]
+    if tags:
+        await channel.basic_nack(max(tags), multiple=True, requeue=True)
 
 
 @dataclass
@@ -178,30 +97,59 @@ class _Topology:
 
 
 class RabbitSubscription:
+    """One consumer on its own channel (the prefetch is per channel)."""
+
     def __init__(
-        self, broker: RabbitBroker, channel: AbstractChannel, queue: AbstractQueue, name: str
+        self,
+        broker: RabbitBroker,
+        channel: AbstractChannel,
+        queue: str,
+        handler: Handler,
+        retry: RetryPolicy,
     ) -> None:
         self._broker = broker
         self._channel = channel
-        self._queue = queue
-        self.name = name
+        self.name = queue  # unprefixed
+        self._handler = handler
+        self._retry = retry
         self.consumer_tag: str | None = None
         self.stopping = False
+        self._acks: Acks | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def enter(self) -> bool:
-        if self.stopping:
-            return False  # left unacked: the broker requeues it when the channel closes
+    async def start(self) -> None:
+        raw = await self._channel.get_underlay_channel()
+        self._acks = Acks(raw)
+        ok = await raw.basic_consume(self._broker._name(self.name), self._on_delivered, no_ack=False)
+        self.consumer_tag = ok.consumer_tag
+        reopen = getattr(self._channel, "reopen_callbacks", None)
+        if reopen is not None and self._reopened not in reopen:
+            reopen.add(self._reopened)
+
+    async def _reopened(self, _channel: object) -> None:
+        """aio-pika reopened the channel after a lost connection: consume on the new one (the
+        old one's unacked messages are redelivered by the broker)."""
+        if not self.stopping:
+            log.info("queue %s: channel reopened, consuming again", self.name)
+            await self.start()
+
+    async def _on_delivered(self, delivered: DeliveredMessage) -> None:
+        # Runs first thing in the task aiormq starts per delivery, so ``delivered`` is called
+        # in delivery order (what the coalesced acks rely on).
+        acks, tag = self._acks, delivered.delivery_tag
+        if acks is None or tag is None or self.stopping:
+            return  # left unacked: the broker requeues it when the channel closes
+        acks.delivered(tag)
         self._inflight += 1
         self._idle.clear()
-        return True
-
-    def leave(self) -> None:
-        self._inflight -= 1
-        if self._inflight == 0:
-            self._idle.set()
+        try:
+            await self._broker._handle(self.name, delivered, acks, self._handler, self._retry)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
 
     async def stop(self) -> None:
         """Cancel the consumer, let in-flight handlers finish (and ack), close the channel."""
@@ -209,11 +157,16 @@ class RabbitSubscription:
             await self._idle.wait()
             return
         self.stopping = True
+        reopen = getattr(self._channel, "reopen_callbacks", None)
+        if reopen is not None:
+            reopen.discard(self._reopened)
         try:
-            if self.consumer_tag is not None and not self._channel.is_closed:
+            if self.consumer_tag is not None and self._acks is not None and not self._channel.is_closed:
                 with contextlib.suppress(*_CONNECTION_ERRORS):
-                    await self._queue.cancel(self.consumer_tag)
+                    await self._acks.channel.basic_cancel(self.consumer_tag)
             await self._idle.wait()
+            if self._acks is not None:
+                await self._acks.drain()
         finally:
             self._broker._forget(self)
             with contextlib.suppress(*_CONNECTION_ERRORS):
@@ -242,7 +195,8 @@ class RabbitBroker:
         self._quorum = quorum
         self._confirm_window = max(1, confirm_window)
         self._topology = _Topology()
-        self._exchanges: dict[str, AbstractExchange] = {}
+        self._exchanges: dict[str, AbstractExchange] = {}  # declared by this object
+        self._known_exchanges: set[str] = set()  # full names checked to exist
         self._subscriptions: list[RabbitSubscription] = []
         # aiormq matches a returned message to its confirm by message_id: two publishes with the
         # same id must not be in flight on the channel at once.
@@ -324,12 +278,12 @@ class RabbitBroker:
         self._topology.queues[name] = None
         return queue
 
-    async def _existing_exchange(self, exchange: str) -> AbstractExchange:
-        """An exchange someone else declared: checked passively (a missing one is Unroutable)."""
-        found = self._exchanges.get(exchange)
-        if found is not None:
-            return found
+    async def _existing_exchange(self, exchange: str) -> str:
+        """An exchange someone else declared: checked passively (a missing one is Unroutable).
+        Returns its full name."""
         name = self._name(exchange)
+        if exchange in self._exchanges or name in self._known_exchanges:
+            return name
         probe = await self._connection.channel(publisher_confirms=False)
         try:
             await probe.declare_exchange(name, aio_pika.ExchangeType.TOPIC, passive=True)
@@ -338,48 +292,39 @@ class RabbitBroker:
         finally:
             with contextlib.suppress(*_CONNECTION_ERRORS):
                 await probe.close()
-        found = await self._channel.get_exchange(name, ensure=False)
-        self._exchanges[exchange] = found
-        return found
+        self._known_exchanges.add(name)
+        return name
 
     # --- publishing -------------------------------------------------------------------------
 
-    def _encode(self, message: Message) -> aio_pika.Message:
-        headers: dict[str, FieldValue] = dict(message.headers)
-        headers[H_SCHEMA] = message.schema_version
-        headers[H_OCCURRED] = message.occurred_at.isoformat()
-        if message.causation_id is not None:
-            headers[H_CAUSATION] = message.causation_id
-        return aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=CONTENT_TYPE,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            type=message.type or None,
-            correlation_id=message.correlation_id,
-            timestamp=message.occurred_at,
-        )
-
     async def _publish_one(
-        self, exchange: AbstractExchange, message: aio_pika.Message, key: str
+        self, channel: aiormq.Channel, exchange: str, body: bytes, properties: Basic.Properties, key: str
     ) -> str | None:
-        """Publish and wait for the confirm: None, or the routing key if it was returned."""
+        """Publish and wait for the confirm: None, or the routing key if it was returned. The
+        confirm says the broker has it, so waiting for the socket to drain first (``wait``)
+        would only add a future per message."""
         try:
-            await exchange.publish(message, key, mandatory=True)
+            await channel.basic_publish(
+                body, exchange=exchange, routing_key=key, properties=properties, mandatory=True, wait=False
+            )
         except aiormq.exceptions.PublishError:
             return key
         except aiormq.exceptions.DeliveryError as exc:  # nack: the broker could not take it
-            raise BrokerUnavailable(f"RabbitMQ refused the message {message.message_id}: {exc}") from exc
+            raise BrokerUnavailable(f"RabbitMQ refused the message {properties.message_id}: {exc}") from exc
         except _CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc!r}") from exc
         return None
 
     async def _publish_pipelined(
-        self, exchange: AbstractExchange, items: Sequence[tuple[aio_pika.Message, str]]
+        self, exchange: str, items: Sequence[tuple[bytes, Basic.Properties, str]]
     ) -> list[str]:
         """Publish in order with up to ``confirm_window`` confirms outstanding; return the routing
         keys of returned (unroutable) messages, raise ``BrokerUnavailable`` on failures."""
+        try:
+            channel = await self._channel.get_underlay_channel()
+        except _CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc!r}") from exc
+        assert isinstance(channel, aiormq.Channel)  # the concrete one has ``wait``
         window = asyncio.Semaphore(self._confirm_window)
         tasks: list[asyncio.Task[str | None]] = []
 
@@ -389,15 +334,15 @@ class RabbitBroker:
                 del self._inflight_ids[message_id]
 
         try:
-            for message, key in items:
-                message_id = str(message.message_id)
+            for body, properties, key in items:
+                message_id = str(properties.message_id)
                 previous = self._inflight_ids.get(message_id)
                 if previous is not None:
                     await asyncio.wait([previous])
                 await window.acquire()
                 # Tasks take the channel's lock in creation order (asyncio.Lock is FIFO), so
                 # the frames leave in the order of ``items``.
-                task = asyncio.create_task(self._publish_one(exchange, message, key))
+                task = asyncio.create_task(self._publish_one(channel, exchange, body, properties, key))
                 task.add_done_callback(functools.partial(done, message_id=message_id))
                 self._inflight_ids[message_id] = task
                 tasks.append(task)
@@ -420,7 +365,9 @@ class RabbitBroker:
         if not messages:
             return
         target = await self._existing_exchange(exchange)
-        returned = await self._publish_pipelined(target, [(self._encode(m), m.routing_key) for m in messages])
+        returned = await self._publish_pipelined(
+            target, [(m.body, codec.encode(m), m.routing_key) for m in messages]
+        )
         if returned:
             # On a topic exchange routability depends on the routing key alone.
             keys = set(returned)
@@ -430,89 +377,21 @@ class RabbitBroker:
                 [m.message_id for m in messages if m.routing_key in keys],
             )
 
-    async def _publish_copy(self, queue_name: str, message: aio_pika.Message) -> None:
+    async def _publish_copy(self, queue_name: str, body: bytes, properties: Basic.Properties) -> None:
         """Publish to one queue through the default exchange and wait for the confirm."""
-        returned = await self._publish_pipelined(self._channel.default_exchange, [(message, queue_name)])
+        returned = await self._publish_pipelined("", [(body, properties, queue_name)])
         if returned:
             raise Unroutable(f"queue {queue_name!r} does not exist")
 
-    # --- decoding ---------------------------------------------------------------------------
-
-    def _decode(self, incoming: AbstractIncomingMessage, *, strict: bool = True) -> _Decoded:
-        """The envelope of a delivery. ``strict`` raises ``_Malformed`` on a bad property;
-        otherwise (reading dead letters) bad values fall back to defaults."""
-        headers: Mapping[str, Any] = incoming.headers or {}
-        exchange = _str_header(headers, H_ORIGINAL_EXCHANGE)
-        if exchange is None:
-            exchange = self._unprefixed(incoming.exchange or "")
-        routing_key = _str_header(headers, H_ORIGINAL_ROUTING_KEY) or incoming.routing_key or ""
-        attempt = _int_header(headers, H_ATTEMPT, 1, strict)
-        schema_version = _int_header(headers, H_SCHEMA, 1, strict)
-        occurred_at = self._occurred_at(incoming, headers, strict)
-        type_ = incoming.type or _str_header(headers, H_TYPE) or routing_key
-        message = Message(
-            routing_key=routing_key,
-            body=incoming.body,
-            type=type_,
-            message_id=incoming.message_id or derived_message_id(routing_key, incoming.body),
-            schema_version=schema_version,
-            occurred_at=occurred_at,
-            correlation_id=incoming.correlation_id or None,
-            causation_id=_str_header(headers, H_CAUSATION),
-            headers={
-                name: text
-                for name, value in headers.items()
-                if not name.startswith("x-ordermesh-") and not _is_broker_header(name)
-                if (text := _text(value)) is not None
-            },
-        )
-        return _Decoded(message, exchange, attempt)
-
-    @staticmethod
-    def _occurred_at(incoming: AbstractIncomingMessage, headers: Mapping[str, Any], strict: bool) -> datetime:
-        raw = headers.get(H_OCCURRED)
-        if raw is not None:
-            try:
-                text = raw.decode() if isinstance(raw, bytes) else raw
-                when = datetime.fromisoformat(text)
-                return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-            except (TypeError, ValueError, UnicodeDecodeError):
-                if strict:
-                    raise _Malformed(f"header {H_OCCURRED}={raw!r} is not an ISO 8601 time") from None
-        stamp = incoming.timestamp
-        if isinstance(stamp, datetime):
-            return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
-        return datetime.now(UTC)
-
     def _copy(
         self,
-        incoming: AbstractIncomingMessage,
+        delivered: DeliveredMessage,
         message_id: str,
-        extra: Mapping[str, FieldValue],
+        extra: dict[str, FieldValue],
         drop: Sequence[str] = (),
-    ) -> aio_pika.Message:
-        """The delivery re-published (retry, dead letter, replay): same body and properties,
-        the original exchange and routing key recorded, the broker's x-death bookkeeping dropped."""
-        headers: dict[str, FieldValue] = {
-            name: value for name, value in (incoming.headers or {}).items() if not _is_broker_header(name)
-        }
-        headers.setdefault(H_ORIGINAL_EXCHANGE, self._unprefixed(incoming.exchange or ""))
-        headers.setdefault(H_ORIGINAL_ROUTING_KEY, incoming.routing_key or "")
-        headers.update(extra)
-        for name in drop:
-            headers.pop(name, None)
-        return aio_pika.Message(
-            incoming.body,
-            headers=headers,
-            content_type=incoming.content_type or CONTENT_TYPE,
-            content_encoding=incoming.content_encoding,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            message_id=message_id,
-            type=incoming.type,
-            correlation_id=incoming.correlation_id,
-            timestamp=incoming.timestamp,
-            app_id=incoming.app_id,
-        )
+    ) -> Basic.Properties:
+        original = self._unprefixed(delivered.exchange or "")
+        return codec.copy(delivered, message_id, original, extra, drop)
 
     # --- consuming --------------------------------------------------------------------------
 
@@ -545,76 +424,68 @@ class RabbitBroker:
             consumer_queue = await self._declare_queue(channel, self._name(queue))
             for key in binding_keys:
                 await consumer_queue.bind(source, routing_key=key)
+            self._topology.consumer_queues.add(queue)
+            sub = RabbitSubscription(self, channel, queue, handler, retry)
+            await sub.start()
         except _CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"declaring queue {queue!r}: {exc}") from exc
-        self._topology.consumer_queues.add(queue)
-        sub = RabbitSubscription(self, channel, consumer_queue, queue)
-
-        async def on_message(incoming: AbstractIncomingMessage) -> None:
-            if not sub.enter():
-                return
-            try:
-                await self._handle(sub.name, incoming, handler, retry)
-            finally:
-                sub.leave()
-
-        sub.consumer_tag = await consumer_queue.consume(on_message)
         self._subscriptions.append(sub)
         return sub
 
     async def _handle(
-        self, queue: str, incoming: AbstractIncomingMessage, handler: Handler, retry: RetryPolicy
+        self, queue: str, delivered: DeliveredMessage, acks: Acks, handler: Handler, retry: RetryPolicy
     ) -> None:
+        tag = delivered.delivery_tag
+        assert tag is not None  # a consumer delivery always has one
         try:
             try:
-                decoded = self._decode(incoming)
-            except _Malformed as exc:
-                lenient = self._decode(incoming, strict=False)
-                await self._dead_letter(queue, incoming, lenient, f"malformed envelope: {exc}")
+                decoded = codec.decode(delivered, self._unprefixed)
+            except codec.Malformed as exc:
+                lenient = codec.decode(delivered, self._unprefixed, strict=False)
+                await self._dead_letter(queue, delivered, lenient, f"malformed envelope: {exc}")
+                acks.ack(tag)
                 return
             delivery = Delivery(
-                decoded.message, decoded.exchange, queue, decoded.attempt, bool(incoming.redelivered)
+                decoded.message, decoded.exchange, queue, decoded.attempt, bool(delivered.redelivered)
             )
             try:
                 await handler(delivery)
             except PermanentError as exc:
-                await self._dead_letter(queue, incoming, decoded, f"{type(exc).__name__}: {exc}")
+                await self._dead_letter(queue, delivered, decoded, f"{type(exc).__name__}: {exc}")
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if decoded.attempt >= retry.max_attempts:
-                    await self._dead_letter(queue, incoming, decoded, error)
+                    await self._dead_letter(queue, delivered, decoded, error)
                 else:
                     delay_queue = self._delay_queue(queue, self._delay_ms(retry, decoded.attempt))
                     copy = self._copy(
-                        incoming,
+                        delivered,
                         decoded.message.message_id,
-                        {H_ATTEMPT: decoded.attempt + 1, H_ERROR: error[:_MAX_ERROR]},
+                        {H_ATTEMPT: decoded.attempt + 1, H_ERROR: error[: codec.MAX_ERROR]},
                     )
-                    await self._publish_copy(delay_queue, copy)
-                    await incoming.ack()
-            else:
-                await incoming.ack()
+                    await self._publish_copy(delay_queue, delivered.body, copy)
+            acks.ack(tag)
         except Exception:
-            # The retry or dead-letter copy could not be published (or the ack failed): leave
-            # the original with the broker, which delivers it again.
-            log.exception("queue %s: message %s left unacknowledged", queue, incoming.message_id)
-            with contextlib.suppress(*_CONNECTION_ERRORS, aiormq.exceptions.AMQPError):
-                await incoming.nack(requeue=True)
+            # The retry or dead-letter copy could not be published: leave the original with the
+            # broker, which delivers it again.
+            log.exception(
+                "queue %s: message %s left unacknowledged", queue, delivered.header.properties.message_id
+            )
+            await acks.nack(tag)
 
     async def _dead_letter(
-        self, queue: str, incoming: AbstractIncomingMessage, decoded: _Decoded, error: str
+        self, queue: str, delivered: DeliveredMessage, decoded: codec.Decoded, error: str
     ) -> None:
         copy = self._copy(
-            incoming,
+            delivered,
             decoded.message.message_id,
             {
-                H_ERROR: error[:_MAX_ERROR],
+                H_ERROR: error[: codec.MAX_ERROR],
                 H_ATTEMPT: decoded.attempt,
                 H_DEAD_AT: datetime.now(UTC).isoformat(),
             },
         )
-        await self._publish_copy(self._dlq(queue), copy)
-        await incoming.ack()
+        await self._publish_copy(self._dlq(queue), delivered.body, copy)
         log.warning(
             "queue %s: dead-lettered %s after %d attempt(s): %s",
             queue,
@@ -629,26 +500,26 @@ class RabbitBroker:
 
     # --- dead letters -----------------------------------------------------------------------
 
-    async def _drain_dlq(self, channel: AbstractChannel, queue: str) -> list[AbstractIncomingMessage]:
+    async def _drain_dlq(self, channel: AbstractChannel, queue: str) -> list[DeliveredMessage]:
         """Take every message of ``queue``'s DLQ without acknowledging it (the caller returns
         them). Empty if the DLQ does not exist."""
         try:
-            dlq = await channel.declare_queue(self._dlq(queue), passive=True)
+            await channel.declare_queue(self._dlq(queue), passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return []
-        taken: list[AbstractIncomingMessage] = []
-        while (incoming := await dlq.get(no_ack=False, fail=False)) is not None:
-            taken.append(incoming)
+        raw = await channel.get_underlay_channel()
+        taken: list[DeliveredMessage] = []
+        while isinstance((got := await raw.basic_get(self._dlq(queue), no_ack=False)).delivery, Basic.GetOk):
+            taken.append(got)
         return taken
 
-    async def _letter(self, queue: str, incoming: AbstractIncomingMessage) -> DeadLetter:
-        decoded = self._decode(incoming, strict=False)
-        headers: Mapping[str, Any] = incoming.headers or {}
+    def _letter(self, queue: str, delivered: DeliveredMessage) -> DeadLetter:
+        decoded = codec.decode(delivered, self._unprefixed, strict=False)
         return DeadLetter(
             id=decoded.message.message_id,
             queue=queue,
             message=decoded.message,
-            error=_str_header(headers, H_ERROR) or "",
+            error=codec.str_header(codec.headers_of(delivered), H_ERROR) or "",
             attempts=decoded.attempt,
             original_exchange=decoded.exchange,
             original_routing_key=decoded.message.routing_key,
@@ -673,9 +544,9 @@ class RabbitBroker:
                 channel = await self._connection.channel(publisher_confirms=False)
                 try:
                     taken = await self._drain_dlq(channel, name)
-                    taken.sort(key=_dead_at)
-                    letters += [await self._letter(name, incoming) for incoming in taken]
-                    await _requeue(taken)
+                    letters += [self._letter(name, d) for d in sorted(taken, key=codec.dead_at)]
+                    if taken:
+                        await _requeue(await channel.get_underlay_channel(), taken)
                 finally:
                     with contextlib.suppress(*_CONNECTION_ERRORS):
                         await channel.close()  # would requeue anything still unacknowledged
@@ -685,20 +556,19 @@ class RabbitBroker:
         """Move one dead letter back to ``queue`` (through the default exchange, so only that
         queue gets it) as a first attempt, keeping its original exchange and routing key. The
         copy is confirmed before the dead letter is acknowledged."""
-        found: AbstractIncomingMessage | None = None
+        found: DeliveredMessage | None = None
         async with self._dlq_lock:
             channel = await self._connection.channel(publisher_confirms=False)
             try:
                 taken = await self._drain_dlq(channel, queue)
-                for incoming in taken:
-                    if (await self._letter(queue, incoming)).id == message_id:
-                        found = incoming
-                        break
-                if found is not None:
-                    copy = self._copy(found, message_id, {H_ATTEMPT: 1}, drop=(H_ERROR, H_DEAD_AT))
-                    await self._publish_copy(self._name(queue), copy)
-                    await found.ack()
-                await _requeue([incoming for incoming in taken if incoming is not found])
+                found = next((d for d in taken if self._letter(queue, d).id == message_id), None)
+                if taken:
+                    raw = await channel.get_underlay_channel()
+                    if found is not None and found.delivery_tag is not None:
+                        copy = self._copy(found, message_id, {H_ATTEMPT: 1}, drop=(H_ERROR, H_DEAD_AT))
+                        await self._publish_copy(self._name(queue), found.body, copy)
+                        await raw.basic_ack(found.delivery_tag)
+                    await _requeue(raw, [d for d in taken if d is not found])
             finally:
                 with contextlib.suppress(*_CONNECTION_ERRORS):
                     await channel.close()
@@ -722,6 +592,7 @@ class RabbitBroker:
                 await channel.close()
         self._topology = _Topology()
         self._exchanges.clear()
+        self._known_exchanges.clear()
 
     async def close(self) -> None:
         for sub in list(self._subscriptions):
@@ -729,4 +600,4 @@ class RabbitBroker:
         await self._connection.close()
 
 
-__all__ = ["HOW_TO_START", "RabbitBroker", "RabbitSubscription", "derived_message_id"]
+__all__ = ["HOW_TO_START", "RabbitBroker", "RabbitSubscription"]
