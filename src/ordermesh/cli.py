@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,6 +22,10 @@ from ordermesh.errors import OrdermeshError
 from ordermesh.http.auth import Tokens
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
+
+if TYPE_CHECKING:
+    from ordermesh.eventstore.subscription import CheckpointStore
+    from ordermesh.messaging.port import Broker
 
 app = typer.Typer(
     help="ordermesh: order processing over REST, gRPC, messages, events and sagas.", no_args_is_help=True
@@ -327,20 +331,92 @@ def dlq_replay(
     console.print(f"replayed {count} dead letter(s)")
 
 
+async def _outbox_checkpoints(system: OrderSystem) -> CheckpointStore:
+    from ordermesh.eventstore.subscription import MemoryCheckpoints, SqlCheckpoints
+
+    return await SqlCheckpoints.open(system.db) if system.db else MemoryCheckpoints()
+
+
+async def _open_configured_broker() -> Broker:
+    """The broker of ``ORDERMESH_BROKER_URL``; a malformed URL is a usage error, not a traceback."""
+    from ordermesh.messaging import open_broker
+
+    url = Settings.from_env().effective_broker_url
+    try:
+        return await open_broker(url)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] ORDERMESH_BROKER_URL: {exc}")
+        raise typer.Exit(2) from exc
+
+
 @outbox_app.command("status")
 def outbox_status() -> None:
-    """How far the order events have been published to the broker."""
-    from ordermesh.eventstore.subscription import MemoryCheckpoints, SqlCheckpoints
+    """How far the order events have been published to the broker, and what is parked."""
+    from ordermesh.messaging.relay import Parked, ParkingLot
     from ordermesh.services.orders.outbox import RELAY_NAME
 
-    async def work(system: OrderSystem) -> tuple[int, int]:
-        checkpoints = await SqlCheckpoints.open(system.db) if system.db else MemoryCheckpoints()
-        return await checkpoints.load(RELAY_NAME), await system.store.head_position()
+    async def work(system: OrderSystem) -> tuple[int, int, list[Parked]]:
+        checkpoints = await _outbox_checkpoints(system)
+        parked = await (await ParkingLot.open(system.db)).all()
+        return await checkpoints.load(RELAY_NAME), await system.store.head_position(), parked
 
-    position, head = _run(work)
+    position, head, parked = _run(work)
     console.print(
         f"relay {RELAY_NAME}: published up to position {position} of {head} ({head - position} pending)"
     )
+    if not parked:
+        console.print("parked messages: none")
+        return
+    table = Table(title=f"parked messages ({len(parked)}): no queue was bound for their routing key")
+    table.add_column("message id", overflow="fold", min_width=36)
+    for column in ("routing key", "type", "reason"):
+        table.add_column(column, overflow="fold")
+    for p in parked:
+        table.add_row(p.message.message_id, p.message.routing_key, p.message.type, p.reason)
+    console.print(table)
+    console.print(
+        "start the consumer that subscribes to these routing keys, then run `ordermesh outbox replay` "
+        "(a running `ordermesh up` also retries them every few seconds)"
+    )
+
+
+@outbox_app.command("replay")
+def outbox_replay() -> None:
+    """Publish the parked messages again; exit 1 if some still reach no queue."""
+    from ordermesh.messaging.relay import OutboxRelay, ParkingLot
+    from ordermesh.services.orders.outbox import EXCHANGE, RELAY_NAME, OrderMessages
+
+    async def work(system: OrderSystem) -> tuple[int, int]:
+        parking = await ParkingLot.open(system.db)
+        if not await parking.all():
+            return 0, 0  # nothing to send: no reason to require a reachable broker
+        broker = await _open_configured_broker()
+        try:
+            # Built as `ordermesh up` builds it (runner.serve_all), so replay follows its rules.
+            relay = OutboxRelay(
+                system.store,
+                await _outbox_checkpoints(system),
+                broker,
+                EXCHANGE,
+                OrderMessages(system.service),
+                name=RELAY_NAME,
+                parking=parking,
+            )
+            # As the relay does before it publishes: a missing exchange would make every message
+            # unroutable, whatever is bound.
+            await broker.declare_exchange(EXCHANGE)
+            return await relay.replay_parked()
+        finally:
+            await broker.close()
+
+    replayed, still_parked = _run(work)
+    console.print(f"replayed {replayed}, still parked {still_parked}")
+    if still_parked:
+        console.print(
+            "[yellow]no queue is bound yet for the routing keys of the rest:[/yellow] start their consumer, "
+            "then replay again (`ordermesh outbox status` lists them)"
+        )
+        raise typer.Exit(1)
 
 
 @run_app.command("notifications")
