@@ -5,21 +5,33 @@ The REST edge continues the caller's trace (or starts one), the use cases store 
 and consumers continue from there: one order is one trace from the REST call through the broker
 to the notification. This is the propagation only (no exporter); an OpenTelemetry SDK can read
 the same headers.
+
+A consumer continues the message's trace with ``enter``/``leave`` (``messaging.context.traced``),
+which also make the message's ``tracestate`` current, unchanged; events written then carry it
+too. ``TraceLogFilter`` puts the current trace and span ids on log records for a formatter.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
 
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _current: ContextVar[str | None] = ContextVar("ordermesh_traceparent", default=None)
+_state: ContextVar[str | None] = ContextVar("ordermesh_tracestate", default=None)
 
 
 def trace_id(traceparent: str | None) -> str | None:
     match = _TRACEPARENT.match(traceparent or "")
     return match.group(1) if match and set(match.group(1)) != {"0"} else None
+
+
+def span_id(traceparent: str | None) -> str | None:
+    match = _TRACEPARENT.match(traceparent or "")
+    return match.group(2) if match else None
 
 
 def child_of(traceparent: str | None) -> str:
@@ -38,7 +50,54 @@ def current() -> str | None:
     return _current.get()
 
 
+def current_state() -> str | None:
+    return _state.get()
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What ``enter`` replaced; ``leave`` puts it back."""
+
+    traceparent: Token[str | None]
+    tracestate: Token[str | None]
+
+
+def enter(traceparent: str, tracestate: str | None = None) -> Scope:
+    """Make ``traceparent`` (and ``tracestate``) current until ``leave``; unlike ``set_current``
+    this can be undone, for a worker task that handles one message after another."""
+    return Scope(_current.set(traceparent), _state.set(tracestate))
+
+
+def leave(scope: Scope) -> None:
+    _state.reset(scope.tracestate)
+    _current.reset(scope.traceparent)
+
+
 def event_metadata() -> dict[str, str]:
     """What every event written in this context carries."""
     tp = _current.get()
-    return {"traceparent": tp} if tp else {}
+    if not tp:
+        return {}
+    state = _state.get()
+    return {"traceparent": tp, "tracestate": state} if state else {"traceparent": tp}
+
+
+class TraceLogFilter(logging.Filter):
+    """Sets ``record.trace_id`` and ``record.span_id`` from the current context ("" outside a
+    trace). Add it to a *handler*: a logger's filters do not see records from its children."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        tp = _current.get()
+        trace = trace_id(tp)
+        record.trace_id = trace or ""
+        record.span_id = (span_id(tp) or "") if trace else ""
+        return True
+
+
+_LOG_FILTER = TraceLogFilter()
+
+
+def install_log_filter(logger: logging.Logger | None = None) -> None:
+    """Add the trace filter to every handler of ``logger`` (the root logger by default), once."""
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.addFilter(_LOG_FILTER)  # a no-op when it is there already

@@ -4,15 +4,22 @@ legacy pika publisher."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import default
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from ordermesh import tracing
 from ordermesh.messaging import Broker, open_broker
 from ordermesh.messaging.memory import MemoryBroker
 from ordermesh.messaging.port import DeadLetter, Message, RetryPolicy
@@ -27,6 +34,7 @@ from ordermesh.services.notifications import (
     start_notifications,
 )
 from ordermesh.services.notifications.handler import mail_message_id, money
+from ordermesh.services.notifications.service import LOG_FORMAT
 from tests.conftest import AMQP_URL, require_rabbitmq
 from tests.helpers import free_port
 
@@ -182,6 +190,91 @@ async def test_money_and_message_id_helpers() -> None:
     assert mail_message_id("abc-1") == "<abc-1@ordermesh>"
     odd = mail_message_id("has space <and> brackets")
     assert odd.startswith("<") and odd.endswith("@ordermesh>") and " " not in odd
+
+
+class RawSmtp:
+    """An SMTP server that keeps each mail as parsed, with all its headers (the sink keeps a few)."""
+
+    def __init__(self) -> None:
+        self.mails: list[EmailMessage] = []
+        self._changed = asyncio.Event()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content or b""
+        mail = message_from_bytes(raw if isinstance(raw, bytes) else raw.encode(), policy=default)
+        assert isinstance(mail, EmailMessage)
+        self.mails.append(mail)
+        self._changed.set()
+        return "250 Message accepted for delivery"
+
+    async def wait_for(self, count: int, timeout: float = 10) -> list[EmailMessage]:
+        async def until() -> None:
+            while len(self.mails) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(until(), timeout)
+        return self.mails
+
+
+@pytest.fixture
+async def raw_smtp() -> AsyncIterator[tuple[RawSmtp, int]]:
+    handler, loop = RawSmtp(), asyncio.get_running_loop()
+    server = await loop.create_server(lambda: SMTP(handler, hostname="test", loop=loop), "127.0.0.1", 0)
+    yield handler, int(server.sockets[0].getsockname()[1])
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize("kind", ["memory", "embedded"])
+async def test_the_mail_continues_the_messages_trace(
+    kind: str, raw_smtp: tuple[RawSmtp, int], tmp_path: Path
+) -> None:
+    smtp, port = raw_smtp
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    broker = MemoryBroker() if kind == "memory" else await open_broker(f"sqlite:///{tmp_path / 'mq.db'}")
+    async with running(broker, port, tmp_path):
+        traced_order = Message.json(
+            "order.created",
+            order("o-1"),
+            headers={"traceparent": parent, "tracestate": "rojo=00f067aa0ba902b7"},
+        )
+        await broker.publish("orders", [traced_order])
+        await broker.publish("orders", [Message.json("order.shipped", order("o-2"))])  # no trace
+        mails = {m["Subject"]: m for m in await smtp.wait_for(2)}
+    confirmed = mails["Order o-1 confirmed"]["Traceparent"]
+    assert tracing.trace_id(confirmed) == tracing.trace_id(parent)
+    assert tracing.span_id(confirmed) != tracing.span_id(parent)  # the consumer's child span
+    assert mails["Order o-1 confirmed"]["Tracestate"] == "rojo=00f067aa0ba902b7"
+    started = mails["Order o-2 shipped"]["Traceparent"]  # a new trace of its own
+    assert tracing.trace_id(started) not in (None, tracing.trace_id(parent))
+    assert mails["Order o-2 shipped"]["Tracestate"] is None
+
+
+async def test_log_lines_name_the_trace(sink: MailSink, tmp_path: Path) -> None:
+    """The "mailed" line names it in its text; with the standalone service's format, every line
+    logged while a message is handled starts with it."""
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    logger, out = logging.getLogger("ordermesh.notifications"), io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    tracing.install_log_filter(logger)  # what main() does to the root logger's handlers
+    broker = MemoryBroker()
+    try:
+        async with running(broker, sink.port, tmp_path) as service:
+            await broker.publish(
+                "orders", [Message.json("order.created", order("o-1"), headers={"traceparent": parent})]
+            )
+            await eventually(lambda: service.handler.sent == 1)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    (line,) = [line for line in out.getvalue().splitlines() if "mailed" in line]
+    assert f"[{trace}]: message " in line and line.endswith(f"(trace {trace})")
 
 
 @pytest.mark.rabbitmq

@@ -4,6 +4,11 @@
 tracking id), ``order.cancelled`` → "Order {id} cancelled" (with the reason); other routing keys
 are ignored. The mail's Message-ID is ``<{message id}@ordermesh>``.
 
+Tracing: run under ``messaging.context.traced`` (as ``start_notifications`` does), the mail carries
+the consumer's child span as a ``Traceparent`` header (and the message's ``tracestate`` as
+``Tracestate``), so one order is one trace from the REST call to the customer's inbox; the
+"mailed" log line names the trace id.
+
 Idempotency: an email cannot join a database transaction, so the mail is sent first and the
 message id recorded in the inbox after (at-least-once). Within one process a per-message lock
 makes a concurrent duplicate wait and then find the id recorded; a crash between the send and
@@ -25,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ordermesh import tracing
 from ordermesh.db import Tx
 from ordermesh.messaging.inbox import Inbox
 from ordermesh.messaging.port import Delivery, PermanentError
@@ -148,13 +154,18 @@ class NotificationHandler:
         if subject is None:
             return None
         order = parse_order(delivery)
+        headers = {"X-Ordermesh-Event": delivery.message.routing_key}
+        if traceparent := tracing.current():
+            headers["Traceparent"] = traceparent
+            if tracestate := tracing.current_state():
+                headers["Tracestate"] = tracestate
         return Mail(
             to=order.user_email,
             subject=subject.format(id=order.order_id),
             body=render_body(delivery.message.routing_key, order),
             message_id=mail_message_id(delivery.message.message_id),
             sender=self.sender,
-            headers={"X-Ordermesh-Event": delivery.message.routing_key},
+            headers=headers,
         )
 
     async def __call__(self, delivery: Delivery) -> None:
@@ -178,7 +189,8 @@ class NotificationHandler:
                     raise
                 await self.inbox.once(message_id, _record_only)
                 self.sent += 1
-                log.info("message %s: mailed %r to %s", message_id, mail.subject, mail.to)
+                trace = tracing.trace_id(mail.headers.get("Traceparent")) or "-"
+                log.info("message %s: mailed %r to %s (trace %s)", message_id, mail.subject, mail.to, trace)
         finally:
             lock, users = self._locks[message_id]
             if users == 1:

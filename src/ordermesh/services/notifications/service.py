@@ -15,9 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ordermesh import tracing
 from ordermesh.db import SqlDb, connect
 from ordermesh.errors import InfrastructureError
 from ordermesh.messaging import Broker, open_broker
+from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox, SqlInbox
 from ordermesh.messaging.port import RetryPolicy, Subscription
 from ordermesh.services.notifications.handler import NotificationHandler
@@ -36,6 +38,8 @@ INBOX_CONSUMER = "notifications"
 # message is dead-lettered (and then kept, replayable).
 DEFAULT_RETRY = RetryPolicy(max_attempts=9, initial=1.0, multiplier=3.0, maximum=600.0)
 DEFAULT_PREFETCH = 16
+# The trace id is empty ("[]") outside a delivery: startup, shutdown.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(trace_id)s]: %(message)s"
 
 
 def inbox_path(data_dir: Path) -> Path:
@@ -77,12 +81,11 @@ async def start_notifications(
 ) -> Notifications:
     """Subscribe the three notification queues on ``broker``; returns at once."""
     service = Notifications(NotificationHandler(mailer, inbox, sender=sender))
+    handler = traced(service.handler)  # the mail and its log lines continue the order's trace
     try:
         for queue, key in QUEUES.items():
             service.subscriptions.append(
-                await broker.subscribe(
-                    queue, EXCHANGE, [key], service.handler, prefetch=prefetch, retry=retry
-                )
+                await broker.subscribe(queue, EXCHANGE, [key], handler, prefetch=prefetch, retry=retry)
             )
     except BaseException:
         await service.stop()
@@ -136,7 +139,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
     data_dir = Path(e.get("ORDERMESH_DATA_DIR") or ".ordermesh")
     sender = e.get("ORDERMESH_MAIL_FROM") or DEFAULT_SENDER
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    tracing.install_log_filter()  # on handlers configured before us too: their format may use it
 
     parent = int(e.get("ORDERMESH_PARENT_PID") or 0)
 
@@ -174,6 +178,7 @@ __all__ = [
     "DEFAULT_PREFETCH",
     "DEFAULT_RETRY",
     "EXCHANGE",
+    "LOG_FORMAT",
     "QUEUES",
     "Notifications",
     "main",
