@@ -183,3 +183,77 @@ async def test_with_a_parking_lot_unroutable_messages_wait_and_the_rest_flows(en
     (delivery,) = await paid.wait_for(1)
     assert delivery.message.message_id == parked.message.message_id
     assert delivery.message.payload()["status"] == "paid"
+
+
+async def test_run_keeps_two_batches_in_flight_and_publishes_everything_in_order(env: Env) -> None:
+    seen = Collector()
+    await env.broker.subscribe("audit", EXCHANGE, ["order.#"], seen, prefetch=1)
+    service = env.system.service
+    for n in range(7):
+        order = await service.create_order("u1", "u1@example.com", "EUR", LINES)
+        await service.change(order["id"], lambda o, now, n=n: o.cancel(f"reason {n}", now))
+    relay = env.relay(batch=3)  # 14 events: five batches, the last one short
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop, idle_timeout=0.05))
+    try:
+        got = await seen.wait_for(14)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    stored = await env.system.store.read_all(0, 100)
+    assert [d.message.message_id for d in got] == [e.event_id for e in stored]
+    assert (await relay.status()).pending == 0 and relay.failures == 0
+
+
+async def test_parked_messages_are_replayed_in_event_order(env: Env) -> None:
+    from ordermesh.messaging.relay import ParkingLot
+
+    parking = await ParkingLot.open(env.system.db)
+    relay = OutboxRelay(
+        env.system.store,
+        env.checkpoints,
+        env.broker,
+        EXCHANGE,
+        OrderMessages(env.system.service),
+        parking=parking,
+    )
+    await env.broker.subscribe("mailer", EXCHANGE, ["order.created"], Collector())
+    service = env.system.service
+    orders = [await service.create_order("u1", "u1@example.com", "EUR", LINES) for _ in range(6)]
+    for order in reversed(orders):
+        await service.change(order["id"], lambda o, now: o.record_payment("p", 300, "EUR", now))
+    while await relay.step():
+        pass
+    paid_in_order = [o["id"] for o in reversed(orders)]
+    assert [p.message.payload()["id"] for p in await parking.all()] == paid_in_order
+
+    paid = Collector()
+    await env.broker.subscribe("payments", EXCHANGE, ["order.paid"], paid, prefetch=1)
+    assert await relay.replay_parked() == (6, 0)
+    assert [d.message.payload()["id"] for d in await paid.wait_for(6)] == paid_in_order
+
+
+class ExchangeGone:
+    async def declare_exchange(self, exchange: str) -> None:
+        return None
+
+    async def publish(self, exchange: str, messages: Sequence[Message]) -> None:
+        raise Unroutable(f"exchange {exchange!r} does not exist")  # names no message
+
+
+async def test_an_unroutable_batch_naming_no_message_is_not_parked_but_retried(env: Env) -> None:
+    from ordermesh.messaging.relay import ParkingLot
+
+    parking = await ParkingLot.open(env.system.db)
+    relay = OutboxRelay(
+        env.system.store,
+        env.checkpoints,
+        ExchangeGone(),  # type: ignore[arg-type]
+        EXCHANGE,
+        OrderMessages(env.system.service),
+        parking=parking,
+    )
+    await env.system.service.create_order("u1", "u1@example.com", "EUR", LINES)
+    with pytest.raises(Unroutable):
+        await relay.step()
+    assert await parking.all() == [] and (await relay.status()).pending == 1

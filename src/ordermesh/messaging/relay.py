@@ -7,19 +7,27 @@ waits for the broker's confirms, and only then moves the checkpoint. Killed mid-
 publishes the batch again on restart: at-least-once, same message ids (the event ids), in order
 per stream, so consumers' inboxes make it effectively once.
 
-An ``Unroutable`` message is an error, never a silent loss. With a ``ParkingLot`` (what
-``ordermesh up`` uses) the relay publishes that batch again message by message, parks each
-message no queue wanted, with the reason, and carries on: one event nobody subscribes to yet
-(``order.paid`` before the payment service exists) must not hold back every later message.
-``ordermesh outbox status`` shows parked messages and ``ordermesh outbox replay`` sends them
-once a consumer is bound. Without a parking lot the relay stops at the batch, backs off and
-tries again, and ``status()`` says what it is stuck on.
+An ``Unroutable`` message is an error, never a silent loss. The broker publishes the rest of
+the batch and names the messages no queue wanted; with a ``ParkingLot`` (what ``ordermesh up``
+uses) the relay parks those, with the reason and their event position, and carries on: one
+event nobody subscribes to yet (``order.paid`` before the payment service exists) must not hold
+back every later message. ``ordermesh outbox status`` shows parked messages and ``ordermesh
+outbox replay`` sends them, in event order, once a consumer is bound (``run`` also offers them
+again every few seconds while idle). Without a parking lot, or when the broker names no
+message (the exchange itself is gone), the relay stops at the batch, backs off and tries again,
+and ``status()`` says what it is stuck on.
+
+``run`` keeps two batches in flight: it reads and sends batch k+1 while batch k's confirms are
+on their way, and moves the checkpoint strictly in order. Brokers enqueue concurrent
+``publish`` calls in call order, so the stream of messages is the same as one batch at a time;
+after a failure the relay starts again from the last checkpoint (at-least-once, as before).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,6 +62,7 @@ class RelayStatus:
 class Parked:
     message: Message
     reason: str
+    position: int = 0  # of the event it was made from: replays go in event order
 
 
 class ParkingLot:
@@ -73,21 +82,24 @@ class ParkingLot:
             await migrate(db, {"postgres": [ddl], "sqlite": [ddl]})
         return cls(db)
 
-    async def park(self, message: Message, reason: str) -> None:
+    async def park(self, message: Message, reason: str, position: int = 0) -> None:
         if self.db is None:
-            self._memory[message.message_id] = Parked(message, reason)
+            self._memory.setdefault(message.message_id, Parked(message, reason, position))
             return
         await self.db.execute(
             "INSERT INTO outbox_parked (message_id, envelope) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             message.message_id,
-            _envelope(message, reason),
+            _envelope(message, reason, position),
         )
 
     async def all(self) -> list[Parked]:
+        """Parked messages in the order of the events they were made from."""
         if self.db is None:
-            return list(self._memory.values())
-        rows = await self.db.fetch("SELECT envelope FROM outbox_parked ORDER BY message_id")
-        return [_parked(str(r[0])) for r in rows]
+            parked = list(self._memory.values())
+        else:
+            rows = await self.db.fetch("SELECT envelope FROM outbox_parked")
+            parked = [_parked(str(r[0])) for r in rows]
+        return sorted(parked, key=lambda p: (p.position, p.message.occurred_at))
 
     async def remove(self, message_id: str) -> None:
         if self.db is None:
@@ -96,10 +108,11 @@ class ParkingLot:
         await self.db.execute("DELETE FROM outbox_parked WHERE message_id = $1", message_id)
 
 
-def _envelope(message: Message, reason: str) -> str:
+def _envelope(message: Message, reason: str, position: int) -> str:
     return orjson.dumps(
         {
             "reason": reason,
+            "position": position,
             "routing_key": message.routing_key,
             "body": message.body.decode(),
             "type": message.type,
@@ -126,7 +139,7 @@ def _parked(text: str) -> Parked:
         causation_id=d["causation_id"],
         headers=d["headers"],
     )
-    return Parked(message, d["reason"])
+    return Parked(message, d["reason"], int(d.get("position", 0)))
 
 
 class OutboxRelay:
@@ -153,23 +166,55 @@ class OutboxRelay:
         events = await self.store.read_all(position, self.batch)
         if not events:
             return 0
-        messages = [m for m in [await self.translate(e) for e in events] if m is not None]
-        if messages:
-            await self._publish(messages)
+        await self._publish(await self._messages(events))
         await self.checkpoints.save(self.name, events[-1].position)
         return len(events)
 
-    async def _publish(self, messages: list[Message]) -> None:
+    async def _messages(self, events: list[StoredEvent]) -> list[tuple[Message, int]]:
+        pairs = [(await self.translate(e), e.position) for e in events]
+        return [(m, position) for m, position in pairs if m is not None]
+
+    async def _publish(self, batch: list[tuple[Message, int]]) -> None:
+        if not batch:
+            return
         try:
-            await self.broker.publish(self.exchange, messages)
+            await self.broker.publish(self.exchange, [m for m, _ in batch])
         except Unroutable as exc:
-            if self.parking is None:
+            if self.parking is None or not exc.message_ids:
                 raise
             # The broker published the rest of the batch; only the named messages wait here.
-            for message in messages:
+            for message, position in batch:
                 if message.message_id in exc.message_ids:
                     log.warning("outbox relay %s: parked %s: %s", self.name, message.routing_key, exc)
-                    await self.parking.park(message, str(exc))
+                    await self.parking.park(message, str(exc), position)
+
+    async def _pump(self) -> int:
+        """Publish everything up to the head with two batches in flight; returns the events
+        covered. The checkpoint moves after each batch's confirms, in order; on a failure the
+        later batch is cancelled (or finishes: duplicates are fine) and the error raised."""
+        position = await self.checkpoints.load(self.name)
+        inflight: deque[tuple[asyncio.Task[None], int]] = deque()
+        covered = 0
+        try:
+            while True:
+                events = await self.store.read_all(position, self.batch) if len(inflight) < 2 else []
+                if events:
+                    task = asyncio.create_task(self._publish(await self._messages(events)))
+                    position = events[-1].position
+                    inflight.append((task, position))
+                    covered += len(events)
+                    if len(inflight) < 2:
+                        continue
+                if not inflight:
+                    return covered
+                task, done_position = inflight.popleft()
+                await task
+                await self.checkpoints.save(self.name, done_position)
+        finally:
+            for task, _ in inflight:
+                task.cancel()
+            if inflight:
+                await asyncio.gather(*(t for t, _ in inflight), return_exceptions=True)
 
     async def replay_parked(self) -> tuple[int, int]:
         """Publish parked messages again; returns (sent, still parked)."""
@@ -194,7 +239,7 @@ class OutboxRelay:
         backoff, next_replay = 0.1, loop.time() + replay_every
         while not stop.is_set():
             try:
-                if await self.step() == 0:
+                if await self._pump() == 0:
                     if self.parking is not None and loop.time() >= next_replay:
                         next_replay = loop.time() + replay_every
                         await self.replay_parked()

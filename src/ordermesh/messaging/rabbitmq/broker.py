@@ -202,6 +202,9 @@ class RabbitBroker:
         # same id must not be in flight on the channel at once.
         self._inflight_ids: dict[str, asyncio.Task[str | None]] = {}
         self._dlq_lock = asyncio.Lock()
+        self._enqueue = asyncio.Lock()
+        # Confirms outstanding across every publish of this object (the channel's, not a call's).
+        self._window = asyncio.Semaphore(self._confirm_window)
 
     @classmethod
     async def open(
@@ -319,33 +322,44 @@ class RabbitBroker:
         self, exchange: str, items: Sequence[tuple[bytes, Basic.Properties, str]]
     ) -> list[str]:
         """Publish in order with up to ``confirm_window`` confirms outstanding; return the routing
-        keys of returned (unroutable) messages, raise ``BrokerUnavailable`` on failures."""
-        try:
-            channel = await self._channel.get_underlay_channel()
-        except _CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc!r}") from exc
-        assert isinstance(channel, aiormq.Channel)  # the concrete one has ``wait``
-        window = asyncio.Semaphore(self._confirm_window)
-        tasks: list[asyncio.Task[str | None]] = []
+        keys of returned (unroutable) messages, raise ``BrokerUnavailable`` on failures.
 
-        def done(task: asyncio.Task[str | None], message_id: str) -> None:
-            window.release()
-            if self._inflight_ids.get(message_id) is task:
-                del self._inflight_ids[message_id]
+        Concurrent calls enqueue one after another, in call order (the lock is FIFO, and taken
+        before anything else can suspend once the exchange is known): a caller that keeps two batches in flight (the outbox
+        relay) gets the same order on the wire as one batch at a time. Only the enqueueing is
+        serialised; the calls wait for their confirms side by side."""
+        async with self._enqueue:
+            try:
+                channel = await self._channel.get_underlay_channel()
+            except _CONNECTION_ERRORS as exc:
+                raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc!r}") from exc
+            assert isinstance(channel, aiormq.Channel)  # the concrete one has ``wait``
+            window = self._window
+            tasks: list[asyncio.Task[str | None]] = []
 
+            def done(task: asyncio.Task[str | None], message_id: str) -> None:
+                window.release()
+                if self._inflight_ids.get(message_id) is task:
+                    del self._inflight_ids[message_id]
+
+            try:
+                for body, properties, key in items:
+                    message_id = str(properties.message_id)
+                    previous = self._inflight_ids.get(message_id)
+                    if previous is not None:
+                        await asyncio.wait([previous])
+                    await window.acquire()
+                    # Tasks take the channel's lock in creation order (asyncio.Lock is FIFO), so
+                    # the frames leave in the order of ``items``.
+                    task = asyncio.create_task(self._publish_one(channel, exchange, body, properties, key))
+                    task.add_done_callback(functools.partial(done, message_id=message_id))
+                    self._inflight_ids[message_id] = task
+                    tasks.append(task)
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                raise
         try:
-            for body, properties, key in items:
-                message_id = str(properties.message_id)
-                previous = self._inflight_ids.get(message_id)
-                if previous is not None:
-                    await asyncio.wait([previous])
-                await window.acquire()
-                # Tasks take the channel's lock in creation order (asyncio.Lock is FIFO), so
-                # the frames leave in the order of ``items``.
-                task = asyncio.create_task(self._publish_one(channel, exchange, body, properties, key))
-                task.add_done_callback(functools.partial(done, message_id=message_id))
-                self._inflight_ids[message_id] = task
-                tasks.append(task)
             results = await asyncio.gather(*tasks, return_exceptions=True)
         except BaseException:
             for task in tasks:
