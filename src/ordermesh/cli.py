@@ -8,7 +8,7 @@ running one picks the changes up through its subscriptions.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -25,7 +25,7 @@ from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 
 if TYPE_CHECKING:
     from ordermesh.eventstore.subscription import CheckpointStore
-    from ordermesh.messaging.port import Broker
+    from ordermesh.messaging.port import Broker, DeadLetter
 
 app = typer.Typer(
     help="ordermesh: order processing over REST, gRPC, messages, events and sagas.", no_args_is_help=True
@@ -36,6 +36,16 @@ app.add_typer(order_app, name="order")
 app.add_typer(projections_app, name="projections")
 console = Console()
 T = TypeVar("T")
+
+
+def _run_async(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``; an ``OrdermeshError`` (e.g. a database or broker that is down, whose
+    message says how to start it) is a one-line error and exit 1, not a traceback."""
+    try:
+        return asyncio.run(main)
+    except OrdermeshError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
 
 
 def _run(work: Callable[[OrderSystem], Awaitable[T]]) -> T:
@@ -49,11 +59,7 @@ def _run(work: Callable[[OrderSystem], Awaitable[T]]) -> T:
         finally:
             await system.close()
 
-    try:
-        return asyncio.run(main())
-    except OrdermeshError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    return _run_async(main())
 
 
 @app.command()
@@ -255,17 +261,24 @@ def _known_queues() -> list[str]:
     return list(QUEUES)
 
 
-async def _letters(queue: str | None) -> list[Any]:
-    from ordermesh.messaging import open_broker
+def _with_broker(work: Callable[[Broker], Awaitable[T]]) -> T:
+    """Open the configured broker, run ``work``, close; errors mapped as ``_run`` maps them."""
 
-    broker = await open_broker(Settings.from_env().effective_broker_url)
-    try:
-        letters = []
-        for name in [queue] if queue else _known_queues():
-            letters += await broker.dead_letters(name)
-        return letters
-    finally:
-        await broker.close()
+    async def main() -> T:
+        broker = await _open_configured_broker()
+        try:
+            return await work(broker)
+        finally:
+            await broker.close()
+
+    return _run_async(main())
+
+
+async def _letters(broker: Broker, queue: str | None) -> list[DeadLetter]:
+    letters: list[DeadLetter] = []
+    for name in [queue] if queue else _known_queues():
+        letters += await broker.dead_letters(name)
+    return letters
 
 
 @dlq_app.command("list")
@@ -273,7 +286,7 @@ def dlq_list(
     queue: Annotated[str | None, typer.Argument(help="a consumer queue (default: all known)")] = None,
 ) -> None:
     """List dead letters with their reason."""
-    letters = asyncio.run(_letters(queue))
+    letters = _with_broker(lambda broker: _letters(broker, queue))
     table = Table(title=f"dead letters ({len(letters)})")
     for column in ("id", "queue", "routing key", "attempts", "error"):
         table.add_column(column, overflow="fold")
@@ -285,7 +298,7 @@ def dlq_list(
 @dlq_app.command("show")
 def dlq_show(message_id: str) -> None:
     """Show one dead letter: envelope, headers, body."""
-    found = [d for d in asyncio.run(_letters(None)) if d.id == message_id]
+    found = [d for d in _with_broker(lambda broker: _letters(broker, None)) if d.id == message_id]
     if not found:
         console.print(f"[red]error:[/red] no dead letter {message_id}")
         raise typer.Exit(1)
@@ -309,22 +322,16 @@ def dlq_replay(
     queue: Annotated[str | None, typer.Option(help="only this queue")] = None,
 ) -> None:
     """Send dead letters back to the queue they died in."""
-    from ordermesh.messaging import open_broker
-
     if (message_id is None) == (not all_):
         raise typer.BadParameter("give a message id or --all")
 
-    async def work() -> int:
-        letters = [d for d in await _letters(queue) if all_ or d.id == message_id]
-        broker = await open_broker(Settings.from_env().effective_broker_url)
-        try:
-            for d in letters:
-                await broker.replay(d.queue, d.id)
-        finally:
-            await broker.close()
+    async def work(broker: Broker) -> int:
+        letters = [d for d in await _letters(broker, queue) if all_ or d.id == message_id]
+        for d in letters:
+            await broker.replay(d.queue, d.id)
         return len(letters)
 
-    count = asyncio.run(work())
+    count = _with_broker(work)
     if count == 0:
         console.print(f"[red]error:[/red] no dead letter {message_id or ''} to replay")
         raise typer.Exit(1)
@@ -428,17 +435,30 @@ def run_notifications_command() -> None:
 
 
 @mail_app.command("list")
-def mail_list() -> None:
-    """Show the mails the embedded sink caught."""
+def mail_list(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON object per line and mail, with its trace_id, for scripts")
+    ] = False,
+) -> None:
+    """Show the mails the embedded sink caught, with the trace each one belongs to."""
+    import json
+
+    from ordermesh import tracing
     from ordermesh.services.notifications.sink import list_mail
 
     settings = Settings.from_env()
     mails = list_mail(settings.data_dir / "mail.jsonl")
+    if as_json:
+        for m in mails:
+            # print, not the rich console: no markup, highlighting or wrapping in machine output.
+            print(json.dumps({**m.to_json(), "trace_id": tracing.trace_id(m.traceparent)}))
+        return
     table = Table(title=f"mail ({len(mails)})")
-    for column in ("received", "to", "subject", "message id"):
+    for column in ("received", "to", "subject", "message id", "trace"):
         table.add_column(column, overflow="fold")
     for m in mails:
-        table.add_row(m.received_at, ", ".join(m.rcpt_tos), m.subject, m.message_id)
+        trace = tracing.trace_id(m.traceparent) or "-"
+        table.add_row(m.received_at, ", ".join(m.rcpt_tos), m.subject, m.message_id, trace)
     console.print(table)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from ordermesh import tracing
 from ordermesh.client import AsyncOrdermeshClient, OrdermeshClient
 from ordermesh.errors import NotFound, PermissionDenied, Unauthenticated
 from tests.helpers import free_port
@@ -149,15 +151,25 @@ async def test_async_client_against_a_real_server(system: tuple[str, dict[str, s
 
 
 def test_an_order_placed_over_rest_is_confirmed_by_email(system: tuple[str, dict[str, str]]) -> None:
-    """REST -> event store -> outbox relay -> embedded broker -> notification process -> SMTP sink."""
+    """REST -> event store -> outbox relay -> embedded broker -> notification process -> SMTP sink,
+    all in the caller's trace."""
     from ordermesh.services.notifications.sink import list_mail
 
     url, env = system
     token = cli(env, "token", "dora").strip().splitlines()[-1]
-    with OrdermeshClient(url, token=token, timeout=5) as client:
-        order = client.create_order(
-            "dora@example.com", "EUR", [{"sku": "SKU-1", "quantity": 1, "unit_price": 990}]
-        )
+    trace = os.urandom(16).hex()
+    response = requests.post(
+        f"{url}/api/orders",
+        json={
+            "user_email": "dora@example.com",
+            "currency": "EUR",
+            "items": [{"sku": "SKU-1", "quantity": 1, "unit_price": 990}],
+        },
+        headers={"Authorization": f"Bearer {token}", "traceparent": f"00-{trace}-{os.urandom(8).hex()}-01"},
+        timeout=5,
+    )
+    assert response.status_code == 201, response.text
+    order = response.json()
     store = Path(env["ORDERMESH_DATA_DIR"]) / "mail.jsonl"
     deadline = time.monotonic() + 30
     while not (mails := list_mail(store)) and time.monotonic() < deadline:
@@ -165,5 +177,9 @@ def test_an_order_placed_over_rest_is_confirmed_by_email(system: tuple[str, dict
     assert [(m.rcpt_tos, m.subject) for m in mails] == [
         (["dora@example.com"], f"Order {order['id']} confirmed")
     ]
+    assert tracing.trace_id(mails[0].traceparent) == trace
     assert "dora@example.com" in cli(env, "mail", "list")
+    assert [json.loads(line)["trace_id"] for line in cli(env, "mail", "list", "--json").splitlines()] == [
+        trace
+    ]
     assert "0 pending" in cli(env, "outbox", "status")

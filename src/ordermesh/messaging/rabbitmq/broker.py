@@ -325,9 +325,9 @@ class RabbitBroker:
         keys of returned (unroutable) messages, raise ``BrokerUnavailable`` on failures.
 
         Concurrent calls enqueue one after another, in call order (the lock is FIFO, and taken
-        before anything else can suspend once the exchange is known): a caller that keeps two batches in flight (the outbox
-        relay) gets the same order on the wire as one batch at a time. Only the enqueueing is
-        serialised; the calls wait for their confirms side by side."""
+        before anything else can suspend once the exchange is known): a caller that keeps two
+        batches in flight (the outbox relay) gets the same order on the wire as one batch at a
+        time. Only the enqueueing is serialised; the calls wait for their confirms side by side."""
         async with self._enqueue:
             try:
                 channel = await self._channel.get_underlay_channel()

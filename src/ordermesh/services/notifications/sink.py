@@ -4,6 +4,10 @@ Each mail is appended as one JSON line to ``store_path`` and fsynced *before* th
 ``250``, so a mail the sender saw accepted is on disk. ``list_mail`` reads the file (a torn last
 line from a crash is skipped). No relaying, no authentication: bind it to localhost.
 
+The mail's ``Traceparent`` header is kept as received (``ReceivedMail.traceparent``), so a mail
+can be matched to the trace of the request that caused it; lines written before it was kept load
+with ``None``.
+
     sink = await start_mail_sink("127.0.0.1", 8025, data_dir / "mail.jsonl")
     ...
     await sink.stop()
@@ -36,6 +40,8 @@ class ReceivedMail:
     subject: str
     message_id: str
     body: str
+    # Last and defaulted: lines stored before the sink kept it must still load.
+    traceparent: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,7 +60,13 @@ def _parse(envelope: Envelope) -> ReceivedMail:
         subject=str(msg.get("Subject", "")),
         message_id=str(msg.get("Message-ID", "")),
         body=str(body).replace("\r\n", "\n"),
+        traceparent=_header(msg.get("Traceparent")),
     )
+
+
+def _header(value: object) -> str | None:
+    # Stored as received, not validated: the sink records what was sent, a reader interprets it.
+    return None if value is None else str(value).strip()
 
 
 class _Store:
