@@ -75,12 +75,6 @@ async def _run(effect: Effect, tx: Tx) -> None:
     await effect(tx)
 
 
-def _retrieve(future: asyncio.Future[bool]) -> None:
-    """Mark an abandoned caller's outcome as seen (no "exception never retrieved" noise)."""
-    if not future.cancelled():
-        future.exception()
-
-
 class _Savepoint:
     """The ``Tx`` one effect sees inside a shared batch transaction. The savepoint is taken on
     its first statement, so an effect that writes nothing (a mail recorded after sending) costs
@@ -146,14 +140,10 @@ class SqlInbox:
         self._pending.append(claim)
         if self._committer is None or self._committer.done():
             self._committer = asyncio.create_task(self._commit_pending())
-        try:
-            return await asyncio.shield(claim.result)
-        except asyncio.CancelledError:
-            if claim in self._pending:  # not started: drop it (the broker will redeliver)
-                self._pending.remove(claim)
-                claim.result.cancel()
-            claim.result.add_done_callback(_retrieve)
-            raise
+        # Awaited directly, not shielded: a cancelled caller cancels its outcome, and the
+        # committer skips it (not started) or drops the result (committed: the broker redelivers
+        # and the inbox says "seen").
+        return await claim.result
 
     async def _commit_pending(self) -> None:
         while self._pending:
@@ -187,6 +177,8 @@ class SqlInbox:
         later: list[_Claim] = []
         ids: set[str] = set()
         for claim in self._pending:
+            if claim.result.done():  # its caller was cancelled before its turn
+                continue
             if len(batch) < self.max_batch and claim.message_id not in ids:
                 ids.add(claim.message_id)
                 batch.append(claim)
