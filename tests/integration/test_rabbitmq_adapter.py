@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -494,3 +496,43 @@ async def wait_dead(broker: RabbitBroker, queue: str, count: int) -> list[Any]:
             await asyncio.sleep(0.02)  # the DLQ has no notification: poll it
 
     return await asyncio.wait_for(until(), WAIT)
+
+
+def _close_connections_named(name: str) -> int:
+    """Drop our connections server-side, as a network failure or a broker restart would."""
+    listing = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.splitlines()
+    pids = [line.split("\t")[0] for line in listing if name in line]
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "test"], check=True, timeout=30)
+    return len(pids)
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to drop connections")
+async def test_a_consumer_and_publisher_survive_a_dropped_connection(amqp_url: str, prefix: str) -> None:
+    broker = await RabbitBroker.open(f"{amqp_url}?reconnect_interval=0.2", prefix=prefix)
+    try:
+        inbox = Inbox()
+        await broker.subscribe("q.reconnect", "orders", ["order.created"], inbox)
+        await broker.publish("orders", [Message.json("order.created", {"n": 1})])
+        await inbox.wait_for(1)
+
+        assert _close_connections_named(f"ordermesh {prefix}") == 1
+        deadline = time.monotonic() + WAIT
+        while True:  # the robust connection comes back on its own; publishing fails meanwhile
+            try:
+                await broker.publish("orders", [Message.json("order.created", {"n": 2})])
+                break
+            except BrokerUnavailable:
+                assert time.monotonic() < deadline, "the connection did not come back"
+                await asyncio.sleep(0.1)
+        got = await inbox.wait_for(2)
+        assert [d.message.payload()["n"] for d in got] == [1, 2]  # consuming resumed, nothing lost
+    finally:
+        await broker.delete_topology()
+        await broker.close()

@@ -217,7 +217,11 @@ class RabbitBroker:
         confirm_window: int = 500,
     ) -> RabbitBroker:
         try:
-            connection = await aio_pika.connect_robust(url, timeout=5)
+            # Named, so operators (and tests) can tell our connections apart in RabbitMQ.
+            name = f"ordermesh {prefix}".strip()
+            connection = await aio_pika.connect_robust(
+                url, timeout=5, client_properties={"connection_name": name}
+            )
         except (*_CONNECTION_ERRORS, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise BrokerUnavailable(HOW_TO_START.format(url=_redact(url), error=error)) from exc
