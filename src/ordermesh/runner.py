@@ -21,6 +21,7 @@ from collections.abc import Generator
 import uvicorn
 from rich.console import Console
 
+from ordermesh import tracing
 from ordermesh.config import Settings
 from ordermesh.eventstore.subscription import CheckpointStore, MemoryCheckpoints, SqlCheckpoints
 from ordermesh.http.auth import Tokens
@@ -152,6 +153,7 @@ def _banner(
 def run_system(
     settings: Settings, host: str | None, http_port: int | None, grpc_port: int | None, console: Console
 ) -> None:
+    tracing.configure_logging()  # the relay's and the services' lines, with the trace id
     main = serve_all(
         settings,
         host or settings.http_host,

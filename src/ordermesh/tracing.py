@@ -101,3 +101,14 @@ def install_log_filter(logger: logging.Logger | None = None) -> None:
     """Add the trace filter to every handler of ``logger`` (the root logger by default), once."""
     for handler in (logger or logging.getLogger()).handlers:
         handler.addFilter(_LOG_FILTER)  # a no-op when it is there already
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(trace_id)s]: %(message)s"
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Our processes' log setup: INFO lines with the trace id, unless the host application
+    configured logging already (then only the filter is added, its format may use the field)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level, format=LOG_FORMAT)
+    install_log_filter()

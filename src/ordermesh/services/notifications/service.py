@@ -39,7 +39,7 @@ INBOX_CONSUMER = "notifications"
 DEFAULT_RETRY = RetryPolicy(max_attempts=9, initial=1.0, multiplier=3.0, maximum=600.0)
 DEFAULT_PREFETCH = 16
 # The trace id is empty ("[]") outside a delivery: startup, shutdown.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(trace_id)s]: %(message)s"
+LOG_FORMAT = tracing.LOG_FORMAT
 
 
 def inbox_path(data_dir: Path) -> Path:
@@ -138,9 +138,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     smtp_url = e.get("ORDERMESH_SMTP_URL") or DEFAULT_SMTP_URL
     data_dir = Path(e.get("ORDERMESH_DATA_DIR") or ".ordermesh")
     sender = e.get("ORDERMESH_MAIL_FROM") or DEFAULT_SENDER
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    tracing.install_log_filter()  # on handlers configured before us too: their format may use it
+    tracing.configure_logging()
 
     parent = int(e.get("ORDERMESH_PARENT_PID") or 0)
 

@@ -133,6 +133,8 @@ async def start_mail_sink(host: str, port: int, store_path: Path) -> MailSink:
     """Listen on ``host:port`` (0: any free port) and store every mail in ``store_path``."""
     store_path = Path(store_path)
     store_path.parent.mkdir(parents=True, exist_ok=True)
+    # aiosmtpd logs every SMTP command at INFO; the sink's own record is mail.jsonl.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     sink = MailSink(store_path)
     handler = _Handler(_Store(store_path), sink)
     loop = asyncio.get_running_loop()
