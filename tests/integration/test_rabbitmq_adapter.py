@@ -536,3 +536,35 @@ async def test_a_consumer_and_publisher_survive_a_dropped_connection(amqp_url: s
     finally:
         await broker.delete_topology()
         await broker.close()
+
+
+async def test_a_quorum_queue_dead_letters_a_message_that_keeps_killing_its_consumer(
+    amqp_url: str, prefix: str, raw: aio_pika.abc.AbstractConnection
+) -> None:
+    broker = await RabbitBroker.open(amqp_url, prefix=prefix, quorum=True, delivery_limit=2)
+    try:
+        sub = await broker.subscribe("q.crashy", "orders", ["order.*"], Inbox())
+        await sub.stop()  # a consumer that dies before acking, played by hand below
+        poison = Message.json("order.created", {"id": "crashes-the-consumer"})
+        await broker.publish("orders", [poison])
+        channel = await raw.channel()
+        queue = await channel.declare_queue(f"{prefix}q.crashy", passive=True)
+        for _ in range(3):  # delivered, not acked, back in the queue: three times, limit two
+            got = await queue.get(no_ack=False, timeout=WAIT)
+            await got.nack(requeue=True)
+        assert await queue.get(no_ack=False, fail=False) is None  # gone from the consumer queue…
+        (letter,) = await wait_dead(broker, "q.crashy", 1)  # …into its dead-letter queue
+        assert letter.id == poison.message_id and "delivery limit" in letter.error
+        assert letter.original_routing_key == "order.created"
+        for _ in range(3):  # reading the DLQ (get + requeue) never drops a letter
+            assert [d.id for d in await broker.dead_letters("q.crashy")] == [poison.message_id]
+
+        inbox = Inbox()  # the fixed consumer is back: replay hands it the original message
+        await broker.subscribe("q.crashy", "orders", ["order.*"], inbox)
+        await broker.replay("q.crashy", poison.message_id)
+        (again,) = await inbox.wait_for(1)
+        assert (again.message.message_id, again.message.routing_key) == (poison.message_id, "order.created")
+        assert (again.exchange, again.attempt) == ("orders", 1)
+    finally:
+        await broker.delete_topology()
+        await broker.close()

@@ -9,7 +9,8 @@ from ordermesh.messaging.port import Broker
 
 async def open_broker(url: str) -> Broker:
     """``memory://``, ``sqlite:///PATH[?lease=SECONDS&poll=SECONDS]`` (embedded, no server), or
-    ``amqp://user:pass@host:port/vhost[?prefix=NAMESPACE&quorum=1]``."""
+    ``amqp://user:pass@host:port/vhost[?prefix=NAMESPACE&quorum=1&delivery_limit=N]`` (other
+    query parameters go to aio-pika, e.g. ``reconnect_interval``)."""
     if url.startswith("memory://"):
         from ordermesh.messaging.memory import MemoryBroker
 
@@ -25,8 +26,13 @@ async def open_broker(url: str) -> Broker:
         query = parse_qs(parts.query)
         prefix = query.pop("prefix", [""])[0]
         quorum = query.pop("quorum", ["0"])[0] in {"1", "true", "yes"}
+        limit = query.pop("delivery_limit", ["20"])[0]
+        if not limit.isdigit() or int(limit) < 1:
+            raise ValueError(f"delivery_limit must be a positive integer, not {limit!r}")
         rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
-        return await RabbitBroker.open(urlunsplit(parts._replace(query=rest)), prefix=prefix, quorum=quorum)
+        return await RabbitBroker.open(
+            urlunsplit(parts._replace(query=rest)), prefix=prefix, quorum=quorum, delivery_limit=int(limit)
+        )
     raise ValueError(f"unsupported broker URL {url!r}: use memory://, sqlite:///PATH or amqp://…")
 
 

@@ -10,7 +10,13 @@ Topology, all names prefixed with ``prefix`` (a namespace: tests, tenants)::
     queue     {queue}.dlq                 dead letters, read by ``dead_letters`` and ``replay``
 
 ``quorum=True`` makes every queue a quorum queue (the delay queues then dead-letter
-at-least-once). Messages are persistent (delivery mode 2); the envelope is in ``codec``.
+at-least-once). Quorum queues count deliveries: a consumer queue gets an explicit
+``x-delivery-limit`` (``delivery_limit``, 20 by default as on RabbitMQ 4) and dead-letters a
+message past it into ``{queue}.dlq`` (at-least-once) — a message that keeps killing its consumer
+before the ack ends there instead of looping forever or, on RabbitMQ 4 without a dead-letter
+target, being dropped. The DLQ itself gets a limit no reader reaches: listing dead letters
+returns them with a requeue, which counts as a delivery. Messages are persistent (delivery
+mode 2); the envelope is in ``codec``.
 
 aio-pika owns the connection, the channels and the topology, and restores them after a lost
 connection. Publishing, consuming and acknowledging go one layer down, to the aiormq channel
@@ -64,6 +70,7 @@ HOW_TO_START = (
     "RabbitMQ is not reachable at {url} ({error}). Start it with `rabbitmq-server -detached` "
     "(or `docker run -d -p 5672:5672 rabbitmq:3`) or point the broker URL at a running server."
 )
+_UNREACHABLE = 2**31 - 1  # a delivery limit for dead-letter queues, read with requeues
 _CONNECTION_ERRORS = (
     ConnectionError,
     OSError,
@@ -87,6 +94,17 @@ async def _requeue(channel: RawChannel, taken: Sequence[DeliveredMessage]) -> No
     tags = [m.delivery_tag for m in taken if m.delivery_tag is not None]
     if tags:
         await channel.basic_nack(max(tags), multiple=True, requeue=True)
+
+
+def _broker_reason(delivered: DeliveredMessage) -> str:
+    """Why RabbitMQ itself dead-lettered a message (no error header of ours), e.g. a quorum
+    queue's delivery limit: the consumer died before acking it that many times."""
+    reason = codec.str_header(codec.headers_of(delivered), "x-first-death-reason")
+    if reason is None:
+        return ""
+    if reason == "delivery_limit":
+        return "RabbitMQ dead-lettered it: delivered past the queue's delivery limit without an ack"
+    return f"RabbitMQ dead-lettered it: {reason}"
 
 
 @dataclass
@@ -186,6 +204,7 @@ class RabbitBroker:
         prefetch: int,
         quorum: bool,
         confirm_window: int,
+        delivery_limit: int = 20,
     ) -> None:
         self._connection = connection
         self._channel = channel  # publishing: publisher confirms, returns raise
@@ -193,6 +212,7 @@ class RabbitBroker:
         self.prefix = prefix
         self._prefetch = prefetch
         self._quorum = quorum
+        self._delivery_limit = delivery_limit
         self._confirm_window = max(1, confirm_window)
         self._topology = _Topology()
         self._exchanges: dict[str, AbstractExchange] = {}  # declared by this object
@@ -215,6 +235,7 @@ class RabbitBroker:
         prefetch: int = 64,
         quorum: bool = False,
         confirm_window: int = 500,
+        delivery_limit: int = 20,
     ) -> RabbitBroker:
         try:
             # Named, so operators (and tests) can tell our connections apart in RabbitMQ.
@@ -238,6 +259,7 @@ class RabbitBroker:
             prefetch=prefetch,
             quorum=quorum,
             confirm_window=confirm_window,
+            delivery_limit=delivery_limit,
         )
 
     # --- names and declarations -------------------------------------------------------------
@@ -262,6 +284,17 @@ class RabbitBroker:
         arguments: dict[str, FieldValue] = {"x-queue-type": "quorum"} if self._quorum else {}
         arguments.update(extra or {})
         return arguments or None
+
+    def _consumer_arguments(self, queue: str) -> Arguments:
+        if not self._quorum:
+            return None
+        return {
+            "x-delivery-limit": self._delivery_limit,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self._dlq(queue),
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",  # what at-least-once dead-lettering requires
+        }
 
     async def declare_exchange(self, exchange: str) -> None:
         await self._declared_exchange(exchange)
@@ -401,16 +434,6 @@ class RabbitBroker:
         if returned:
             raise Unroutable(f"queue {queue_name!r} does not exist")
 
-    def _copy(
-        self,
-        delivered: DeliveredMessage,
-        message_id: str,
-        extra: dict[str, FieldValue],
-        drop: Sequence[str] = (),
-    ) -> Basic.Properties:
-        original = self._unprefixed(delivered.exchange or "")
-        return codec.copy(delivered, message_id, original, extra, drop)
-
     # --- consuming --------------------------------------------------------------------------
 
     async def subscribe(
@@ -427,7 +450,9 @@ class RabbitBroker:
         (default: the broker's) unacknowledged messages at most."""
         source = await self._declared_exchange(exchange)
         try:
-            await self._declare_queue(self._channel, self._dlq(queue))
+            await self._declare_queue(
+                self._channel, self._dlq(queue), {"x-delivery-limit": _UNREACHABLE} if self._quorum else None
+            )
             for delay_ms in sorted({self._delay_ms(retry, n) for n in range(1, retry.max_attempts)}):
                 arguments: dict[str, FieldValue] = {
                     "x-message-ttl": delay_ms,
@@ -439,7 +464,9 @@ class RabbitBroker:
                 await self._declare_queue(self._channel, self._delay_queue(queue, delay_ms), arguments)
             channel = await self._connection.channel(publisher_confirms=False)
             await channel.set_qos(prefetch_count=prefetch if prefetch is not None else self._prefetch)
-            consumer_queue = await self._declare_queue(channel, self._name(queue))
+            consumer_queue = await self._declare_queue(
+                channel, self._name(queue), self._consumer_arguments(queue)
+            )
             for key in binding_keys:
                 await consumer_queue.bind(source, routing_key=key)
             self._topology.consumer_queues.add(queue)
@@ -476,9 +503,9 @@ class RabbitBroker:
                     await self._dead_letter(queue, delivered, decoded, error)
                 else:
                     delay_queue = self._delay_queue(queue, self._delay_ms(retry, decoded.attempt))
-                    copy = self._copy(
+                    copy = codec.copy(
                         delivered,
-                        decoded.message.message_id,
+                        decoded,
                         {H_ATTEMPT: decoded.attempt + 1, H_ERROR: error[: codec.MAX_ERROR]},
                     )
                     await self._publish_copy(delay_queue, delivered.body, copy)
@@ -494,9 +521,9 @@ class RabbitBroker:
     async def _dead_letter(
         self, queue: str, delivered: DeliveredMessage, decoded: codec.Decoded, error: str
     ) -> None:
-        copy = self._copy(
+        copy = codec.copy(
             delivered,
-            decoded.message.message_id,
+            decoded,
             {
                 H_ERROR: error[: codec.MAX_ERROR],
                 H_ATTEMPT: decoded.attempt,
@@ -537,7 +564,7 @@ class RabbitBroker:
             id=decoded.message.message_id,
             queue=queue,
             message=decoded.message,
-            error=codec.str_header(codec.headers_of(delivered), H_ERROR) or "",
+            error=codec.str_header(codec.headers_of(delivered), H_ERROR) or _broker_reason(delivered),
             attempts=decoded.attempt,
             original_exchange=decoded.exchange,
             original_routing_key=decoded.message.routing_key,
@@ -583,7 +610,8 @@ class RabbitBroker:
                 if taken:
                     raw = await channel.get_underlay_channel()
                     if found is not None and found.delivery_tag is not None:
-                        copy = self._copy(found, message_id, {H_ATTEMPT: 1}, drop=(H_ERROR, H_DEAD_AT))
+                        decoded = codec.decode(found, self._unprefixed, strict=False)
+                        copy = codec.copy(found, decoded, {H_ATTEMPT: 1}, drop=(H_ERROR, H_DEAD_AT))
                         await self._publish_copy(self._name(queue), found.body, copy)
                         await raw.basic_ack(found.delivery_tag)
                     await _requeue(raw, [d for d in taken if d is not found])

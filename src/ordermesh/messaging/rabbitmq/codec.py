@@ -110,6 +110,18 @@ def dead_at(delivered: DeliveredMessage) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
+def _first_death(headers: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """Where a message RabbitMQ dead-lettered by itself (a quorum queue's delivery limit) was
+    first published: ``x-death``'s oldest entry (entries are added at the front)."""
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[-1], Mapping):
+        return None, None
+    first = deaths[-1]
+    keys = first.get("routing-keys")
+    key = _text(keys[0]) if isinstance(keys, list) and keys else None
+    return _text(first.get("exchange")), key
+
+
 def encode(message: Message) -> Basic.Properties:
     headers: dict[str, FieldValue] = dict(message.headers)
     headers[H_SCHEMA] = message.schema_version
@@ -149,9 +161,13 @@ def decode(delivered: DeliveredMessage, unprefixed: Callable[[str], str], *, str
     properties = delivered.header.properties
     headers = properties.headers or {}
     exchange = str_header(headers, H_ORIGINAL_EXCHANGE)
+    routing_key = str_header(headers, H_ORIGINAL_ROUTING_KEY)
+    if exchange is None and routing_key is None:
+        died_in, routing_key = _first_death(headers)
+        exchange = None if died_in is None else unprefixed(died_in)
     if exchange is None:
         exchange = unprefixed(delivered.exchange or "")
-    routing_key = str_header(headers, H_ORIGINAL_ROUTING_KEY) or delivered.routing_key or ""
+    routing_key = routing_key or delivered.routing_key or ""
     body = delivered.body
     message = Message(
         routing_key=routing_key,
@@ -174,8 +190,7 @@ def decode(delivered: DeliveredMessage, unprefixed: Callable[[str], str], *, str
 
 def copy(
     delivered: DeliveredMessage,
-    message_id: str,
-    original_exchange: str,
+    decoded: Decoded,
     extra: Mapping[str, FieldValue],
     drop: Sequence[str] = (),
 ) -> Basic.Properties:
@@ -185,8 +200,8 @@ def copy(
     headers: dict[str, FieldValue] = {
         name: value for name, value in (source.headers or {}).items() if not _is_broker_header(name)
     }
-    headers.setdefault(H_ORIGINAL_EXCHANGE, original_exchange)
-    headers.setdefault(H_ORIGINAL_ROUTING_KEY, delivered.routing_key or "")
+    headers.setdefault(H_ORIGINAL_EXCHANGE, decoded.exchange)
+    headers.setdefault(H_ORIGINAL_ROUTING_KEY, decoded.message.routing_key)
     headers.update(extra)
     for name in drop:
         headers.pop(name, None)
@@ -196,7 +211,7 @@ def copy(
         headers=headers,
         delivery_mode=PERSISTENT,
         correlation_id=source.correlation_id,
-        message_id=message_id,
+        message_id=decoded.message.message_id,
         timestamp=source.timestamp,
         message_type=source.message_type,
         app_id=source.app_id,
