@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import requests
 from ordermesh import tracing
 from ordermesh.client import AsyncOrdermeshClient, OrdermeshClient
 from ordermesh.errors import NotFound, PermissionDenied, Unauthenticated
+from tests.conftest import AMQP_URL, require_rabbitmq
 from tests.helpers import free_port
 
 BIN = Path(sys.executable).parent / "ordermesh"
@@ -28,7 +30,7 @@ def cli(env: dict[str, str], *args: str) -> str:
 
 
 def start_up(
-    tmp_path: Path, port: int | None = None, grpc_port: int | None = None
+    tmp_path: Path, port: int | None = None, grpc_port: int | None = None, broker_url: str | None = None
 ) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
     """Run `ordermesh up` (free ports unless given, its own data dir); return once /readyz answers
     200. The gRPC port is in the returned env as ORDERMESH_GRPC_PORT."""
@@ -42,6 +44,8 @@ def start_up(
     }
     for name in ("ORDERMESH_DATABASE_URL", "ORDERMESH_BROKER_URL", "ORDERMESH_SMTP_URL"):
         env.pop(name, None)
+    if broker_url is not None:
+        env["ORDERMESH_BROKER_URL"] = broker_url
     proc = subprocess.Popen(
         [str(BIN), "up", "--port", str(port)],
         env=env,
@@ -70,6 +74,49 @@ def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def system_on_each_broker(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """`ordermesh up` on the embedded broker, and on RabbitMQ (a namespace of its own, deleted
+    afterwards; under CI=true a missing RabbitMQ fails)."""
+    if request.param == "embedded":
+        yield request.getfixturevalue("system")
+        return
+    require_rabbitmq()
+    prefix = f"e2e{uuid.uuid4().hex[:10]}."
+    proc, url, env = start_up(tmp_path, broker_url=f"{AMQP_URL}?prefix={prefix}")
+    try:
+        yield url, env
+    finally:
+        proc.send_signal(signal.SIGINT)  # a clean stop: the notification child cancels its consumers
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        # the system really ran on RabbitMQ: the notification queues were there
+        assert f"{prefix}notifications.order_created" in _delete_namespace(prefix)
+
+
+def _delete_namespace(prefix: str) -> list[str]:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    try:
+        listing = subprocess.run(
+            ["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
+        channel = connection.channel()
+        ours = [name for name in listing if name.startswith(prefix)]
+        for name in ours:
+            channel.queue_delete(name)
+        channel.exchange_delete(f"{prefix}orders")
+        return ours
+    finally:
+        connection.close()
 
 
 def test_up_serves_the_api_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -150,12 +197,14 @@ async def test_async_client_against_a_real_server(system: tuple[str, dict[str, s
         assert (await client.get_order(created["id"], version=1))["status"] == "pending"
 
 
-def test_an_order_placed_over_rest_is_confirmed_by_email(system: tuple[str, dict[str, str]]) -> None:
-    """REST -> event store -> outbox relay -> embedded broker -> notification process -> SMTP sink,
-    all in the caller's trace."""
+def test_an_order_placed_over_rest_is_confirmed_by_email(
+    system_on_each_broker: tuple[str, dict[str, str]],
+) -> None:
+    """REST -> event store -> outbox relay -> broker (embedded, RabbitMQ) -> notification process ->
+    SMTP sink, all in the caller's trace."""
     from ordermesh.services.notifications.sink import list_mail
 
-    url, env = system
+    url, env = system_on_each_broker
     token = cli(env, "token", "dora").strip().splitlines()[-1]
     trace = os.urandom(16).hex()
     response = requests.post(
