@@ -25,6 +25,7 @@ from ordermesh import tracing
 from ordermesh.config import Settings
 from ordermesh.eventstore.subscription import CheckpointStore, MemoryCheckpoints, SqlCheckpoints
 from ordermesh.http.auth import Tokens
+from ordermesh.messaging import metrics as relay_metrics
 from ordermesh.messaging import open_broker
 from ordermesh.messaging.relay import OutboxRelay, ParkingLot
 from ordermesh.rpc.server import build_server, stop_server
@@ -75,6 +76,7 @@ async def serve_all(settings: Settings, host: str, http_port: int, grpc_port: in
         name=RELAY_NAME,
         parking=await ParkingLot.open(system.db),
     )
+    relay_metrics.register(app.state.metrics.registry, lambda: [relay])
     stop_relay = asyncio.Event()
     relay_task = asyncio.create_task(relay.run(stop_relay), name="outbox-relay")
     http = _Uvicorn(uvicorn.Config(app, host=host, port=http_port, log_level="info", access_log=False))

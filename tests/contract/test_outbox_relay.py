@@ -177,9 +177,12 @@ async def test_with_a_parking_lot_unroutable_messages_wait_and_the_rest_flows(en
     assert parked.message.routing_key == "order.paid" and "order.paid" in parked.reason
     assert (await relay.status()).pending == 0
 
+    assert _figures(relay) == {"position": 3, "published": 2, "parked": 1, "failures": 0}
+
     paid = Collector()
     await env.broker.subscribe("payments", EXCHANGE, ["order.paid"], paid)
     assert await relay.replay_parked() == (1, 0)
+    assert _figures(relay) == {"position": 3, "published": 3, "parked": 0, "failures": 0}
     (delivery,) = await paid.wait_for(1)
     assert delivery.message.message_id == parked.message.message_id
     assert delivery.message.payload()["status"] == "paid"
@@ -257,3 +260,15 @@ async def test_an_unroutable_batch_naming_no_message_is_not_parked_but_retried(e
     with pytest.raises(Unroutable):
         await relay.step()
     assert await parking.all() == [] and (await relay.status()).pending == 1
+
+
+def _figures(relay: OutboxRelay) -> dict[str, float]:
+    """What /metrics would show for this relay."""
+    from ordermesh.messaging.metrics import RelayCollector
+
+    return {
+        metric.name.removeprefix("ordermesh_outbox_"): sample.value
+        for metric in RelayCollector(lambda: [relay]).collect()
+        for sample in metric.samples
+        if not sample.name.endswith("_created")
+    }

@@ -232,3 +232,5 @@ def test_an_order_placed_over_rest_is_confirmed_by_email(
         trace
     ]
     assert "0 pending" in cli(env, "outbox", "status")
+    metrics = requests.get(f"{url}/metrics", timeout=5).text
+    assert 'ordermesh_outbox_published_total{relay="orders-outbox"} 1.0' in metrics

@@ -159,6 +159,10 @@ class OutboxRelay:
         self.exchange, self.translate, self.name, self.batch = exchange, translate, name, batch
         self.failures = 0
         self.last_error: str | None = None
+        # In-memory figures for /metrics (read at scrape time; the checkpoint is the truth).
+        self.position = 0
+        self.published = 0
+        self.parked = 0  # as far as this relay knows: what it parked, less what it replayed
 
     async def step(self) -> int:
         """Publish the next batch; returns how many events it covered (0 at the head)."""
@@ -167,8 +171,12 @@ class OutboxRelay:
         if not events:
             return 0
         await self._publish(await self._messages(events))
-        await self.checkpoints.save(self.name, events[-1].position)
+        await self._saved(events[-1].position)
         return len(events)
+
+    async def _saved(self, position: int) -> None:
+        await self.checkpoints.save(self.name, position)
+        self.position = position
 
     async def _messages(self, events: list[StoredEvent]) -> list[tuple[Message, int]]:
         pairs = [(await self.translate(e), e.position) for e in events]
@@ -187,12 +195,16 @@ class OutboxRelay:
                 if message.message_id in exc.message_ids:
                     log.warning("outbox relay %s: parked %s: %s", self.name, message.routing_key, exc)
                     await self.parking.park(message, str(exc), position)
+            self.parked += len(exc.message_ids)
+            self.published += len(batch) - len(exc.message_ids)
+        else:
+            self.published += len(batch)
 
     async def _pump(self) -> int:
         """Publish everything up to the head with two batches in flight; returns the events
         covered. The checkpoint moves after each batch's confirms, in order; on a failure the
         later batch is cancelled (or finishes: duplicates are fine) and the error raised."""
-        position = await self.checkpoints.load(self.name)
+        position = self.position = await self.checkpoints.load(self.name)
         inflight: deque[tuple[asyncio.Task[None], int]] = deque()
         covered = 0
         try:
@@ -209,7 +221,7 @@ class OutboxRelay:
                     return covered
                 task, done_position = inflight.popleft()
                 await task
-                await self.checkpoints.save(self.name, done_position)
+                await self._saved(done_position)
         finally:
             for task, _ in inflight:
                 task.cancel()
@@ -228,7 +240,10 @@ class OutboxRelay:
                 continue
             await self.parking.remove(parked.message.message_id)
             sent += 1
-        return sent, len(await self.parking.all())
+        self.published += sent
+        still = len(await self.parking.all())
+        self.parked = still
+        return sent, still
 
     async def run(self, stop: asyncio.Event, idle_timeout: float = 1.0, replay_every: float = 5.0) -> None:
         """Relay until ``stop``; parked messages are offered again every ``replay_every`` seconds
