@@ -18,6 +18,7 @@ from typing import Any
 
 from bench import aggregate_load, appends, grpc_orders, http_orders, messaging, replay
 from bench.common import Figure
+from ordermesh.tuning import describe, tune_gc
 
 BENCHMARKS: dict[str, Callable[[], Coroutine[Any, Any, list[Figure]]]] = {
     "appends": appends.run,
@@ -39,9 +40,10 @@ def main(argv: list[str]) -> int:
     if loop not in {"asyncio", "uvloop"}:
         print(f"BENCH_LOOP must be asyncio or uvloop, not {loop!r}")
         return 2
+    tune_gc()  # as every ordermesh process runs; it applies to the peers in this process too
     print(
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, "
-        f"event loop: {loop}"
+        f"event loop: {loop}, {describe()}"
     )
     for name in names:
         started = time.perf_counter()

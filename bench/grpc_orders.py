@@ -48,6 +48,7 @@ from ordermesh.orders.v1 import orders_pb2_grpc as pb_grpc
 from ordermesh.services.orders.domain import OrderAggregate
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
+from ordermesh.tuning import tune_gc
 
 CONCURRENCY = 32
 CHANNELS = 4
@@ -373,4 +374,5 @@ def _best(rounds: list[dict[str, Any]], key: str) -> float:
 
 
 if __name__ == "__main__":
+    tune_gc()  # both servers, as every ordermesh process runs (bench/__main__.py)
     _serve(sys.argv[1], int(sys.argv[2]), sys.argv[3])

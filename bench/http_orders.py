@@ -26,6 +26,7 @@ from ordermesh.config import Settings
 from ordermesh.http.auth import Tokens
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import build_order_system
+from ordermesh.tuning import tune_gc
 
 CONNECTIONS = 32
 SECONDS = 5.0
@@ -157,5 +158,6 @@ async def run() -> list[Figure]:
 
 
 if __name__ == "__main__":
+    tune_gc()  # both servers, as every ordermesh process runs (bench/__main__.py)
     kind, port, arg = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     (_serve_ours if kind == "ours" else _serve_bare)(port, arg)

@@ -471,4 +471,7 @@ def openapi() -> None:
 
 
 def main() -> None:
+    from ordermesh.tuning import tune_gc
+
+    tune_gc()  # every ordermesh process: the server, the notification service, rebuilds
     app()

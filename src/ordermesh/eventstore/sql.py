@@ -18,7 +18,6 @@ the same database ignore it. A conflicting append inserts nothing and notifies n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 from datetime import datetime
 from typing import Any, cast
 
@@ -34,7 +33,7 @@ from ordermesh.eventstore.signal import HeadSignal
 
 _COLUMNS = "position, stream_id, version, type, schema_version, data, metadata, event_id, occurred_at"
 # Rows can be splatted into StoredEvent while the column list matches its fields one for one.
-_COLUMNS_ARE_FIELDS = [f.name for f in fields(StoredEvent)] == _COLUMNS.split(", ")
+_COLUMNS_ARE_FIELDS = list(StoredEvent._fields) == _COLUMNS.split(", ")
 
 _APPEND_PG = f"""
 WITH cur AS (SELECT coalesce(max(version), 0) AS v FROM events WHERE stream_id = $1),
@@ -211,7 +210,7 @@ class SqlEventStore:
             # parse jsonb with orjson while it decodes the row: such rows need no work at all.
             if _COLUMNS_ARE_FIELDS and rows and not isinstance(rows[0][5], str | bytes):
                 records = cast("Sequence[Sequence[Any]]", rows)  # asyncpg Records unpack like tuples
-                return [StoredEvent(*r) for r in records]
+                return list(map(_stored, records))
             return [
                 StoredEvent(r[0], r[1], r[2], r[3], r[4], _json(r[5]), _json(r[6]), r[7], r[8]) for r in rows
             ]
@@ -220,6 +219,9 @@ class SqlEventStore:
             StoredEvent(r[0], r[1], r[2], r[3], r[4], _json(r[5]), _json(r[6]), r[7], ts_value(dialect, r[8]))
             for r in rows
         ]
+
+
+_stored = StoredEvent._make
 
 
 def _json(raw: Any) -> Any:
