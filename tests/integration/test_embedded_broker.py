@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
+import json
 import os
 import signal
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sized
 from pathlib import Path
+
+import pytest
 
 from ordermesh.messaging import open_broker
 from ordermesh.messaging.embedded import EmbeddedBroker
-from ordermesh.messaging.port import Delivery, Message
+from ordermesh.messaging.port import DeadLetter, Delivery, Message, RetryPolicy
 
 
 async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
@@ -208,9 +212,178 @@ async def test_a_subscription_holds_at_most_prefetch_unacked_messages(tmp_path: 
     await broker.close()
 
 
+class _Clock:
+    """The broker's clock, moved by the test: a lease runs out when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def dead(broker: EmbeddedBroker, count: int) -> list[DeadLetter]:
+    letters: list[DeadLetter] = []
+
+    async def enough() -> bool:
+        letters[:] = await broker.dead_letters()
+        return len(letters) >= count
+
+    await until(enough)
+    return letters
+
+
+async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered_past_the_delivery_limit(
+    tmp_path: Path,
+) -> None:
+    clock = _Clock()
+    lease = 600.0  # fake seconds; the heartbeat (every lease / 3 real seconds) never comes
+    broker = await EmbeddedBroker.open(
+        str(tmp_path / "broker.db"),
+        lease=lease,
+        poll_interval=0.01,
+        close_grace=0.05,
+        clock=clock,
+        delivery_limit=2,
+    )
+    crashed: list[Delivery] = []
+
+    async def dies(delivery: Delivery) -> None:  # never acks: to the broker, a consumer that died
+        crashed.append(delivery)
+        await asyncio.Event().wait()
+
+    try:
+        poison = Message.json("order.created", {"id": "kills-its-consumer"})
+        for n in range(3):  # limit two: delivered three times, never acked
+            # Prefetch 1: a consumer stuck on the message claims nothing more, as a dead one.
+            await broker.subscribe("q.poison", "orders", ["order.*"], dies, prefetch=1)
+            if n == 0:
+                await broker.publish("orders", [poison])
+            else:
+                clock.now += lease + 1  # the previous consumer's lease runs out
+            await until(functools.partial(_has, crashed, n + 1))
+        assert [(d.message, d.attempt, d.redelivered) for d in crashed] == [
+            (poison, 1, False),
+            (poison, 1, True),
+            (poison, 1, True),
+        ]
+
+        got: list[Delivery] = []
+        arrived = asyncio.Event()
+
+        async def healthy(delivery: Delivery) -> None:
+            got.append(delivery)
+            arrived.set()
+
+        await broker.subscribe("q.poison", "orders", ["order.*"], healthy)
+        clock.now += lease + 1  # its claim finds the message past the limit: dead-lettered instead
+        (letter,) = await dead(broker, 1)
+        assert (letter.id, letter.queue, letter.message) == (poison.message_id, "q.poison", poison)
+        assert "delivered past the queue's delivery limit without an ack" in letter.error
+        assert "3 deliveries, limit 2" in letter.error
+        assert (letter.original_exchange, letter.original_routing_key) == ("orders", "order.created")
+        assert letter.attempts == 1  # attempts count retries, and there were none
+        assert await pending(broker) == 0 and got == []  # gone from the consumer queue, handed to no one
+
+        await broker.replay("q.poison", poison.message_id)  # the consumer is fixed: a first attempt
+        await asyncio.wait_for(arrived.wait(), 10)
+        ((again,),) = [got]
+        assert again.message == poison and again.exchange == "orders"
+        assert again.attempt == 1 and not again.redelivered  # deliveries start again from zero
+        await until(lambda: _is(pending(broker), 0))  # acknowledged
+        assert await broker.dead_letters() == [] and len(crashed) == 3
+    finally:
+        await broker.close()
+
+
+async def test_two_brokers_dead_letter_each_message_past_the_limit_once_and_handle_the_rest_once(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/broker.db?delivery_limit=2"
+    one, two = await EmbeddedBroker.open_url(url), await EmbeddedBroker.open_url(url)
+    sub = await one.subscribe("q.mixed", "orders", ["order.#"], _ignore)
+    await sub.stop()
+    sent = [Message.json("order.created", {"n": n}) for n in range(100)]
+    poison = {m.message_id for m in sent[::2]}
+    await one.publish("orders", sent)
+    # As if each had been claimed three times by consumers that died: the next claim buries it.
+    await one.db.execute(
+        "UPDATE mq_messages SET deliveries = 3 WHERE message_id IN (SELECT value FROM json_each($1))",
+        json.dumps(sorted(poison)),
+    )
+    handled: collections.Counter[str] = collections.Counter()
+
+    async def handle(delivery: Delivery) -> None:
+        handled[delivery.message.message_id] += 1
+        await asyncio.sleep(0)  # let the other broker in
+
+    try:
+        await one.subscribe("q.mixed", "orders", ["order.#"], handle, prefetch=4)
+        await two.subscribe("q.mixed", "orders", ["order.#"], handle, prefetch=4)
+        letters = await dead(one, len(poison))
+        await until(lambda: _is(pending(one), 0))
+        assert sorted(letter.id for letter in letters) == sorted(poison)  # each exactly once
+        assert set(handled) == {m.message_id for m in sent} - poison
+        assert max(handled.values()) == 1
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_retries_do_not_count_towards_the_delivery_limit(tmp_path: Path) -> None:
+    broker = await EmbeddedBroker.open(str(tmp_path / "broker.db"), poll_interval=0.01, delivery_limit=1)
+    seen: list[tuple[int, bool]] = []
+
+    async def fails(delivery: Delivery) -> None:
+        seen.append((delivery.attempt, delivery.redelivered))
+        raise RuntimeError("still broken")
+
+    retry = RetryPolicy(max_attempts=4, initial=0.001, multiplier=1.0, maximum=0.001)
+    try:
+        await broker.subscribe("q.retried", "orders", ["order.*"], fails, retry=retry)
+        sent = Message.json("order.created", {"id": "o-1"})
+        await broker.publish("orders", [sent])
+        (letter,) = await dead(broker, 1)
+        # Four deliveries with a limit of one, each a retry (deliveries reset): dead-lettered
+        # by the retry policy with the handler's error, not by the delivery limit.
+        assert seen == [(1, False), (2, False), (3, False), (4, False)]
+        assert (letter.id, letter.attempts, letter.error) == (
+            sent.message_id,
+            4,
+            "RuntimeError: still broken",
+        )
+        assert await pending(broker) == 0
+    finally:
+        await broker.close()
+
+
+async def test_the_delivery_limit_comes_from_the_url(tmp_path: Path) -> None:
+    default = await open_broker(f"sqlite:///{tmp_path}/a.db")
+    chosen = await open_broker(f"sqlite:///{tmp_path}/b.db?lease=5&delivery_limit=3")
+    assert isinstance(default, EmbeddedBroker) and isinstance(chosen, EmbeddedBroker)
+    assert (default.delivery_limit, chosen.delivery_limit, chosen.lease) == (20, 3, 5.0)
+    await default.close()
+    await chosen.close()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "2.5", "1_0"])
+async def test_a_delivery_limit_that_is_not_a_positive_integer_fails_clearly(
+    tmp_path: Path, value: str
+) -> None:
+    with pytest.raises(ValueError, match=f"delivery_limit must be a positive integer, not '{value}'"):
+        await open_broker(f"sqlite:///{tmp_path}/broker.db?delivery_limit={value}")
+    assert not (tmp_path / "broker.db").exists()  # refused before opening anything
+    with pytest.raises(ValueError, match="delivery_limit must be a positive integer"):
+        await EmbeddedBroker.open(str(tmp_path / "broker.db"), delivery_limit=0)
+
+
 async def _ignore(delivery: Delivery) -> None:
     return None
 
 
 async def _is(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
+
+
+async def _has(items: Sized, count: int) -> bool:
+    return len(items) == count

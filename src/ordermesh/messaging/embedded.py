@@ -6,9 +6,9 @@ Tables (all durable, shared by every process that opens the file)::
     mq_bindings   (exchange, binding_key, queue)    topic bindings
     mq_queues     (name)                            consumer queues
     mq_messages   one row per (message, queue): the envelope, ``attempt``, ``deliveries`` (claims
-                  since it was last enqueued) and ``visible_at``: the time from which it may be
-                  claimed. Publishing sets it to 0; a claim to now + lease; a retry to now +
-                  the policy's delay; an ack deletes the row.
+                  since it was last enqueued or retried) and ``visible_at``: the time from which
+                  it may be claimed. Publishing sets it to 0; a claim to now + lease; a retry to
+                  now + the policy's delay; an ack deletes the row.
     mq_dead       dead letters: the envelope, the queue it died in, error, attempts, dead_at
 
 ``publish`` routes every message through the bindings and inserts its rows in one
@@ -22,6 +22,14 @@ extends the leases of its rows; if the process dies, the leases expire and anoth
 claims the rows again with ``redelivered=True``. Ack, retry and dead-lettering only touch a row
 that still carries the subscription's token, so a consumer that lost its lease cannot ack
 someone else's claim (delivery stays at-least-once).
+
+A poison message that kills its consumer before the ack would come back forever. As a quorum
+queue's ``x-delivery-limit`` does on RabbitMQ, a row delivered more than ``delivery_limit``
+times (20 by default) without an ack, each consumer having died or lost its lease, is not
+handed out again: the claim that finds it moves it to ``mq_dead`` instead, in the claim's
+transaction ("delivered past the queue's delivery limit without an ack"). With a limit of 2
+the third unacked delivery is the last, as on RabbitMQ. Only claims count: a retry (the
+handler raised) resets ``deliveries``, and ``replay`` re-enqueues as a first attempt.
 
 Consumers peek (a cheap read, no write lock) and sleep until the next row is due, at most
 ``poll_interval``; a publish in the same process wakes them at once.
@@ -58,6 +66,12 @@ log = logging.getLogger("ordermesh.messaging.embedded")
 
 Clock = Callable[[], float]
 _MAX_ERROR = 2000
+# printf() format, filled in by SQL with the row's deliveries and the limit; the phrase is the
+# RabbitMQ adapter's too, so one search finds poison messages on either broker.
+_OVER_LIMIT = (
+    "the embedded broker dead-lettered it: delivered past the queue's delivery limit without an ack "
+    "(%d deliveries, limit %d)"
+)
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS mq_exchanges (name text PRIMARY KEY)",
@@ -191,8 +205,12 @@ class EmbeddedSubscription:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
-    async def _claim(self, limit: int) -> int:
-        now = self._broker.clock()
+    async def _claim(self, room: int) -> int:
+        """Claim up to ``room`` due rows, oldest first; dead-letter those past the delivery limit.
+        Returns how many rows it took off the queue (nonzero: look again at once)."""
+        broker = self._broker
+        now = broker.clock()
+        limit = broker.delivery_limit
         async with self._db.transaction() as tx:
             rows = await tx.fetch(
                 f"""UPDATE mq_messages
@@ -200,13 +218,40 @@ class EmbeddedSubscription:
                     WHERE seq IN (SELECT seq FROM mq_messages
                                   WHERE queue = $3 AND visible_at <= $4 ORDER BY seq LIMIT $5)
                     RETURNING seq, attempt, deliveries, {_ENVELOPE}""",
-                now + self._broker.lease,
+                now + broker.lease,
                 self._token,
                 self.queue,
                 now,
-                limit,
+                room,
             )
+            # Claimed, then buried before the commit: no other process ever sees these rows
+            # claimable, and the hot path stays one statement (the check is on rows in hand).
+            poison = [row for row in rows if int(row[2]) > limit + 1]
+            if poison:
+                seqs = orjson.dumps([int(row[0]) for row in poison]).decode()
+                await tx.execute(
+                    f"""INSERT INTO mq_dead (queue, {_ENVELOPE}, attempts, error, dead_at)
+                        SELECT queue, {_ENVELOPE}, attempt, printf($1, deliveries - 1, $2), $3
+                        FROM mq_messages WHERE seq IN (SELECT value FROM json_each($4)) ORDER BY seq""",
+                    _OVER_LIMIT,
+                    limit,
+                    now,
+                    seqs,
+                )
+                await tx.execute(
+                    "DELETE FROM mq_messages WHERE seq IN (SELECT value FROM json_each($1))", seqs
+                )
         for row in sorted(rows, key=lambda r: int(r[0])):
+            if int(row[2]) > limit + 1:
+                log.warning(
+                    "embedded broker: %s dead-lettered from %s: delivered %d times without an ack "
+                    "(delivery limit %d)",
+                    row[3],
+                    self.queue,
+                    int(row[2]) - 1,
+                    limit,
+                )
+                continue
             delivery = Delivery(
                 _message(row, 3),
                 exchange=row[4],
@@ -361,13 +406,16 @@ class EmbeddedBroker:
         poll_interval: float = 0.05,
         close_grace: float = 10.0,
         clock: Clock = time.time,
+        delivery_limit: int = 20,
     ) -> None:
+        _check_delivery_limit(delivery_limit)
         self.db = db
         self.path = path
         self.lease = lease
         self.poll_interval = poll_interval
         self.close_grace = close_grace
         self.clock = clock
+        self.delivery_limit = delivery_limit
         self._exchanges: set[str] = set()  # declared by this object (for delete_topology)
         self._queues: set[str] = set()
         self._subscriptions: list[EmbeddedSubscription] = []
@@ -381,9 +429,11 @@ class EmbeddedBroker:
         poll_interval: float = 0.05,
         close_grace: float = 10.0,
         clock: Clock = time.time,
+        delivery_limit: int = 20,
     ) -> EmbeddedBroker:
         from ordermesh.db.sqlite import SqliteDb
 
+        _check_delivery_limit(delivery_limit)  # before opening: a bad value leaks no connection
         db = await SqliteDb.open(path)
         try:
             async with db.transaction() as tx:
@@ -399,18 +449,24 @@ class EmbeddedBroker:
             poll_interval=poll_interval,
             close_grace=close_grace,
             clock=clock,
+            delivery_limit=delivery_limit,
         )
 
     @classmethod
     async def open_url(cls, url: str) -> EmbeddedBroker:
-        """``sqlite:///PATH[?lease=SECONDS&poll=SECONDS]`` (``sqlite:////abs/path`` absolute)."""
+        """``sqlite:///PATH[?lease=SECONDS&poll=SECONDS&delivery_limit=N]`` (``sqlite:////abs/path``
+        absolute)."""
         parts = urlsplit(url)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         path = url.split("?", 1)[0].removeprefix("sqlite:///")
+        limit = query.get("delivery_limit", "20")
+        if not limit.isdecimal() or int(limit) < 1:  # int() alone would take " 3" or "1_0"
+            raise ValueError(f"{url}: delivery_limit must be a positive integer, not {limit!r}")
         return await cls.open(
             path,
             lease=float(query.get("lease", 30.0)),
             poll_interval=float(query.get("poll", 0.05)),
+            delivery_limit=int(limit),
         )
 
     # --- topology ---------------------------------------------------------------------------
@@ -549,6 +605,11 @@ class EmbeddedBroker:
     async def close(self) -> None:
         await self._stop_all()
         await self.db.close()
+
+
+def _check_delivery_limit(limit: int) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"delivery_limit must be a positive integer, not {limit!r}")
 
 
 async def _delete_in(tx: Tx, table: str, column: str, values: set[str]) -> None:
