@@ -387,3 +387,10 @@ async def _is(value: Awaitable[int], expected: int) -> bool:
 
 async def _has(items: Sized, count: int) -> bool:
     return len(items) == count
+
+
+@pytest.mark.parametrize("query", ["lease=abc", "lease=0", "poll=-1", "poll=inf"])
+async def test_bad_lease_or_poll_in_the_url_fail_clearly(tmp_path: Path, query: str) -> None:
+    name = query.split("=")[0]
+    with pytest.raises(ValueError, match=f"{name} must be a positive number of seconds"):
+        await EmbeddedBroker.open_url(f"sqlite:///{tmp_path}/mq.db?{query}")

@@ -8,7 +8,8 @@ from ordermesh.messaging.port import Broker
 
 
 async def open_broker(url: str) -> Broker:
-    """``memory://``, ``sqlite:///PATH[?lease=SECONDS&poll=SECONDS]`` (embedded, no server), or
+    """``memory://``, ``sqlite:///PATH[?lease=SECONDS&poll=SECONDS&delivery_limit=N]`` (embedded,
+    no server), or
     ``amqp://user:pass@host:port/vhost[?prefix=NAMESPACE&quorum=1&delivery_limit=N]`` (other
     query parameters go to aio-pika, e.g. ``reconnect_interval``)."""
     if url.startswith("memory://"):

@@ -394,6 +394,19 @@ class EmbeddedSubscription:
             self._broker._forget(self)
 
 
+def _seconds(url: str, query: dict[str, str], name: str, default: float) -> float:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{url}: {name} must be a positive number of seconds, not {raw!r}")
+    return value
+
+
 class EmbeddedBroker:
     """``Broker`` on a SQLite file; see the module docstring. Open with :meth:`open`."""
 
@@ -464,8 +477,8 @@ class EmbeddedBroker:
             raise ValueError(f"{url}: delivery_limit must be a positive integer, not {limit!r}")
         return await cls.open(
             path,
-            lease=float(query.get("lease", 30.0)),
-            poll_interval=float(query.get("poll", 0.05)),
+            lease=_seconds(url, query, "lease", 30.0),
+            poll_interval=_seconds(url, query, "poll", 0.05),
             delivery_limit=int(limit),
         )
 
