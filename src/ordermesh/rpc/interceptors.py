@@ -299,9 +299,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         """Makes the bearer token's subject the principal (``current_principal()``); raises
         ``Unauthenticated`` (answered as UNAUTHENTICATED) when it is missing or does not verify.
         Also continues the caller's W3C trace (``traceparent`` metadata) for what the call writes."""
-        set_principal(self._tokens.verify(_bearer_token(context)))
-        incoming = next((v for k, v in context.invocation_metadata() or () if k == "traceparent"), None)
-        tracing.set_current(tracing.child_of(incoming if isinstance(incoming, str) else None))
+        # One pass over the metadata: grpc builds a fresh tuple of it on every call of
+        # invocation_metadata().
+        authorization: list[str | bytes] = []
+        incoming = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization.append(value)
+            elif key == "traceparent" and isinstance(value, str):
+                incoming = value
+        set_principal(self._tokens.verify(_bearer_token(authorization)))
+        tracing.set_current(tracing.child_of(incoming))
 
     @staticmethod
     async def _answer(state: _Method, context: Context, exc: Exception) -> NoReturn:
@@ -331,8 +339,7 @@ async def _stream(behaviour: Callable[..., Any], request: Any, context: Context)
             yield message
 
 
-def _bearer_token(context: Context) -> str:
-    values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+def _bearer_token(values: list[str | bytes]) -> str:
     if not values:
         raise Unauthenticated("no credentials: send the metadata `authorization: Bearer <token>`")
     value = values[0].decode(errors="replace") if isinstance(values[0], bytes) else values[0]
