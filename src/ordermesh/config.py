@@ -23,6 +23,7 @@ class Settings:
     broker_url: str = ""
     smtp_url: str = ""
     mail_sink_port: int = 8025
+    notifications_http_port: int = 8001  # 0: the notification service serves no HTTP
 
     @property
     def effective_database_url(self) -> str:
@@ -56,4 +57,5 @@ class Settings:
             broker_url=e.get("ORDERMESH_BROKER_URL", ""),
             smtp_url=e.get("ORDERMESH_SMTP_URL", ""),
             mail_sink_port=int(e.get("ORDERMESH_MAIL_SINK_PORT", "8025")),
+            notifications_http_port=int(e.get("ORDERMESH_NOTIFICATIONS_HTTP_PORT", "8001")),
         )

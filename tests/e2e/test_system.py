@@ -40,6 +40,7 @@ def start_up(
         "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
         "ORDERMESH_GRPC_PORT": str(grpc_port or free_port()),
         "ORDERMESH_MAIL_SINK_PORT": str(free_port()),
+        "ORDERMESH_NOTIFICATIONS_HTTP_PORT": str(free_port()),
         "COLUMNS": "200",
     }
     for name in ("ORDERMESH_DATABASE_URL", "ORDERMESH_BROKER_URL", "ORDERMESH_SMTP_URL"):

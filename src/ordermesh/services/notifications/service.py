@@ -1,12 +1,15 @@
 """The notification service: three queues on the ``orders`` exchange, one handler.
 
 Embedded (``ordermesh up``, tests): ``start_notifications(broker, mailer, inbox)`` on a broker
-you own. Standalone (``ordermesh run notifications``): ``main()`` or ``run_notifications``.
+you own. Standalone (``ordermesh run notifications``): ``main()`` or ``run_notifications``, which
+also serve ``/livez``, ``/readyz`` and ``/metrics`` (``health``) on 127.0.0.1 at
+ORDERMESH_NOTIFICATIONS_HTTP_PORT (default 8001; 0: none; a port in use: exit 1).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -16,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ordermesh import tracing
+from ordermesh.config import Settings
 from ordermesh.db import SqlDb, connect
 from ordermesh.errors import InfrastructureError
 from ordermesh.messaging import Broker, open_broker
@@ -23,6 +27,7 @@ from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox, SqlInbox
 from ordermesh.messaging.port import RetryPolicy, Subscription
 from ordermesh.services.notifications.handler import NotificationHandler
+from ordermesh.services.notifications.health import PORT_VARIABLE, create_health_app, start_health_server
 from ordermesh.services.notifications.mailer import DEFAULT_SENDER, DEFAULT_SMTP_URL, Mailer, SmtpMailer
 
 log = logging.getLogger("ordermesh.notifications")
@@ -62,9 +67,16 @@ async def open_inbox(data_dir: Path) -> tuple[SqlInbox, SqlDb]:
 class Notifications:
     handler: NotificationHandler
     subscriptions: list[Subscription] = field(default_factory=list)
+    stopping: bool = False  # set for good by stop(): the service is not restarted
+
+    @property
+    def consuming(self) -> bool:
+        """Every queue subscribed and not stopping: what ``/readyz`` reports."""
+        return not self.stopping and len(self.subscriptions) == len(QUEUES)
 
     async def stop(self) -> None:
         """Stop consuming (in-flight mails finish and are acknowledged)."""
+        self.stopping = True  # first: /readyz fails while in-flight mails drain
         for sub in self.subscriptions:
             await sub.stop()
         self.subscriptions.clear()
@@ -102,25 +114,45 @@ async def run_notifications(
     retry: RetryPolicy = DEFAULT_RETRY,
     prefetch: int = DEFAULT_PREFETCH,
     sender: str = DEFAULT_SENDER,
+    http_port: int = 0,
 ) -> None:
-    """Open the broker and the inbox, consume until ``stop`` is set, then shut down cleanly."""
-    mailer = SmtpMailer(smtp_url)
-    inbox, db = await open_inbox(data_dir)
-    try:
+    """Open the broker and the inbox, consume until ``stop`` is set, then shut down cleanly.
+
+    ``http_port`` (0: none) serves ``health.create_health_app`` on 127.0.0.1. It is bound first:
+    a port in use raises ``InfrastructureError`` before anything is consumed, and while the
+    broker connects ``/livez`` answers and ``/readyz`` says why not yet. It closes last, so
+    ``/readyz`` answers 503 while in-flight mails drain."""
+    service: Notifications | None = None
+    async with contextlib.AsyncExitStack() as cleanup:
+        if http_port:
+            http = await start_health_server(create_health_app(lambda: service), http_port)
+            cleanup.push_async_callback(http.stop)
+        mailer = SmtpMailer(smtp_url)
+        inbox, db = await open_inbox(data_dir)
+        cleanup.push_async_callback(db.close)
         broker = await open_broker(broker_url)
-        try:
-            service = await start_notifications(
-                broker, mailer, inbox, retry=retry, prefetch=prefetch, sender=sender
-            )
-            log.info("notifications: consuming %s, mailing through %s", ", ".join(QUEUES), mailer.url)
-            try:
-                await stop.wait()
-            finally:
-                await service.stop()
-        finally:
-            await broker.close()
-    finally:
-        await db.close()
+        cleanup.push_async_callback(broker.close)
+        service = await start_notifications(
+            broker, mailer, inbox, retry=retry, prefetch=prefetch, sender=sender
+        )
+        cleanup.push_async_callback(service.stop)
+        log.info("notifications: consuming %s, mailing through %s", ", ".join(QUEUES), mailer.url)
+        await stop.wait()
+
+
+def http_port_from(env: Mapping[str, str]) -> int:
+    """ORDERMESH_NOTIFICATIONS_HTTP_PORT (unset or empty: the ``Settings`` default); ``ValueError``
+    if it is not a port number."""
+    raw = env.get(PORT_VARIABLE) or ""
+    if not raw:
+        return Settings().notifications_http_port
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{PORT_VARIABLE} must be a port number (0-65535; 0: no HTTP endpoint), not {raw!r}")
+    return port
 
 
 def main(env: Mapping[str, str] | None = None) -> int:
@@ -138,6 +170,11 @@ def main(env: Mapping[str, str] | None = None) -> int:
     smtp_url = e.get("ORDERMESH_SMTP_URL") or DEFAULT_SMTP_URL
     data_dir = Path(e.get("ORDERMESH_DATA_DIR") or ".ordermesh")
     sender = e.get("ORDERMESH_MAIL_FROM") or DEFAULT_SENDER
+    try:
+        http_port = http_port_from(e)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     tracing.configure_logging()
 
     parent = int(e.get("ORDERMESH_PARENT_PID") or 0)
@@ -157,7 +194,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
         if parent:
             watchdog = asyncio.create_task(orphaned(stop))
         try:
-            await run_notifications(broker_url, smtp_url, data_dir, stop, sender=sender)
+            await run_notifications(broker_url, smtp_url, data_dir, stop, sender=sender, http_port=http_port)
         finally:
             if parent:
                 watchdog.cancel()
@@ -179,6 +216,7 @@ __all__ = [
     "LOG_FORMAT",
     "QUEUES",
     "Notifications",
+    "http_port_from",
     "main",
     "open_inbox",
     "run_notifications",

@@ -1,0 +1,195 @@
+"""The notification service's /livez, /readyz and /metrics, served on the consumer's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ordermesh.config import Settings
+from ordermesh.messaging import open_broker
+from ordermesh.messaging.memory import MemoryBroker
+from ordermesh.messaging.port import Message
+from ordermesh.services.notifications import (
+    MailSink,
+    Notifications,
+    SmtpMailer,
+    open_inbox,
+    run_notifications,
+    start_mail_sink,
+    start_notifications,
+)
+from ordermesh.services.notifications.health import create_health_app, start_health_server
+from ordermesh.services.notifications.service import http_port_from, main
+from tests.helpers import free_port
+from tests.integration.test_notifications import FAST, order
+
+Answer = tuple[int, Any]  # status and parsed JSON, or (0, error) when nothing answers
+
+
+@pytest.fixture
+async def sink(tmp_path: Path) -> AsyncIterator[MailSink]:
+    s = await start_mail_sink("127.0.0.1", 0, tmp_path / "mail.jsonl")
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    # No keep-alive: a probe is one request, and a pooled connection would outlive the server.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        yield session
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> Answer:
+    try:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+            if r.content_type == "text/plain":
+                return r.status, await r.text()
+            return r.status, await r.json(content_type=None)
+    except aiohttp.ClientConnectionError as exc:
+        return 0, exc
+
+
+async def until(
+    http: aiohttp.ClientSession, url: str, accept: Callable[[Answer], bool], timeout: float = 10
+) -> Answer:
+    """GET ``url`` until ``accept`` says yes; fail with the last answer at the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        answer = await get(http, url)
+        if accept(answer):
+            return answer
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"GET {url}: still {answer!r} after {timeout} s")
+        await asyncio.sleep(0.02)  # polling an endpoint: there is no notification to wait on
+
+
+def shows(*lines: str) -> Callable[[Answer], bool]:
+    return lambda answer: answer[0] == 200 and all(line in answer[1].splitlines() for line in lines)
+
+
+async def test_run_notifications_serves_probes_and_counts_mail(
+    sink: MailSink, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    broker_url = f"sqlite:///{tmp_path / 'mq.db'}"
+    stop = asyncio.Event()
+    smtp = f"smtp://127.0.0.1:{sink.port}"
+    service = asyncio.create_task(
+        run_notifications(broker_url, smtp, tmp_path / "data", stop, retry=FAST, http_port=port)
+    )
+    publisher = await open_broker(broker_url)
+    try:
+        ready = await until(http, f"{url}/readyz", lambda a: a[0] == 200 or service.done())
+        assert ready == (200, {"status": "ok"}), service.result() if service.done() else ready
+        assert await get(http, f"{url}/livez") == (200, {"status": "ok"})
+
+        created = Message.json("order.created", order("o-1"))
+        await publisher.publish("orders", [created])
+        await until(http, f"{url}/metrics", shows("ordermesh_notifications_sent_total 1.0"))
+        await publisher.publish("orders", [created])  # the same message again, as after a lost ack
+        _, metrics = await until(
+            http, f"{url}/metrics", shows("ordermesh_notifications_duplicates_total 1.0")
+        )
+        assert {
+            "ordermesh_notifications_sent_total 1.0",
+            "ordermesh_notifications_ignored_total 0.0",
+            "ordermesh_notifications_smtp_failures_total 0.0",
+        } <= set(metrics.splitlines())
+        assert "# TYPE ordermesh_notifications_sent_total counter" in metrics
+        assert len(sink.received) == 1
+
+        stop.set()
+        await asyncio.wait_for(service, 10)  # consumers drained, then the endpoint closed
+        status, error = await get(http, f"{url}/livez")
+        assert status == 0 and isinstance(error, aiohttp.ClientConnectorError)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(service, return_exceptions=True), 10)
+        await publisher.close()
+
+
+async def test_readyz_follows_the_consumer_from_connecting_to_stopping(
+    sink: MailSink, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    broker = MemoryBroker(duplicate_every=1)  # every message delivered twice
+    await broker.declare_exchange("orders")
+    service: Notifications | None = None
+    server = await start_health_server(create_health_app(lambda: service), free_port())
+    inbox, db = await open_inbox(tmp_path)
+    try:
+        status, problem = await get(http, f"{server.url}/readyz")
+        assert status == 503 and problem["detail"] == (
+            "notifications: not consuming yet (connecting to the broker)"
+        )
+        assert await get(http, f"{server.url}/livez") == (200, {"status": "ok"})
+        _, metrics = await get(http, f"{server.url}/metrics")
+        assert "ordermesh_notifications_sent_total 0.0" in metrics.splitlines()
+
+        mailer = SmtpMailer(f"smtp://127.0.0.1:{sink.port}", timeout=5)
+        service = await start_notifications(broker, mailer, inbox, retry=FAST)
+        assert await get(http, f"{server.url}/readyz") == (200, {"status": "ok"})
+        await broker.publish("orders", [Message.json("order.created", order("o-2"))])
+        await until(
+            http,
+            f"{server.url}/metrics",
+            shows("ordermesh_notifications_sent_total 1.0", "ordermesh_notifications_duplicates_total 1.0"),
+        )
+
+        await service.stop()
+        status, problem = await get(http, f"{server.url}/readyz")
+        assert (status, problem["detail"]) == (503, "notifications: stopping, no longer consuming")
+        assert problem["type"] == "https://ordermesh.dev/problems/unavailable"
+
+        await server.stop()
+        status, error = await get(http, f"{server.url}/readyz")
+        assert status == 0 and isinstance(error, aiohttp.ClientConnectorError)
+    finally:
+        if service is not None:
+            await service.stop()
+        await server.stop()
+        await db.close()
+        await broker.close()
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        code = main(
+            {
+                "ORDERMESH_BROKER_URL": f"sqlite:///{tmp_path / 'mq.db'}",
+                "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
+                "ORDERMESH_NOTIFICATIONS_HTTP_PORT": str(port),
+            }
+        )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith(f"notifications: cannot serve /livez, /readyz and /metrics on 127.0.0.1:{port}: ")
+    assert "ORDERMESH_NOTIFICATIONS_HTTP_PORT" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "data").exists()  # failed before it opened its inbox or consumed
+
+
+@pytest.mark.parametrize("raw", ["http", "-1", "65536"])
+def test_a_bad_port_setting_is_a_usage_error(raw: str, capsys: pytest.CaptureFixture[str]) -> None:
+    env = {"ORDERMESH_BROKER_URL": "memory://", "ORDERMESH_NOTIFICATIONS_HTTP_PORT": raw}
+    assert main(env) == 2
+    assert (
+        f"ORDERMESH_NOTIFICATIONS_HTTP_PORT must be a port number (0-65535; 0: no HTTP endpoint), not {raw!r}"
+        in (capsys.readouterr().err)
+    )
+
+
+def test_the_port_setting_defaults_to_8001_and_0_turns_it_off() -> None:
+    assert http_port_from({}) == Settings().notifications_http_port == 8001
+    assert http_port_from({"ORDERMESH_NOTIFICATIONS_HTTP_PORT": ""}) == 8001
+    assert http_port_from({"ORDERMESH_NOTIFICATIONS_HTTP_PORT": "0"}) == 0
+    assert Settings.from_env({"ORDERMESH_NOTIFICATIONS_HTTP_PORT": "9101"}).notifications_http_port == 9101
