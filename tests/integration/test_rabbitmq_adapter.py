@@ -37,7 +37,7 @@ from ordermesh.messaging.port import (
     RetryPolicy,
     Unroutable,
 )
-from ordermesh.messaging.rabbitmq import RabbitBroker, derived_message_id
+from ordermesh.messaging.rabbitmq import RabbitBroker, derived_message_id, frames
 from tests.conftest import AMQP_URL, require_rabbitmq
 
 FAST = RetryPolicy(max_attempts=3, initial=0.05, multiplier=2.0, maximum=0.2)
@@ -514,9 +514,20 @@ def _close_connections_named(name: str) -> int:
 
 
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to drop connections")
-async def test_a_consumer_and_publisher_survive_a_dropped_connection(amqp_url: str, prefix: str) -> None:
+async def test_a_consumer_and_publisher_survive_a_dropped_connection(
+    amqp_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readers: list[frames.FastFrameReceiver] = []
+
+    class Counted(frames.FastFrameReceiver):
+        def __init__(self, reader: Any) -> None:
+            super().__init__(reader)
+            readers.append(self)
+
+    monkeypatch.setattr(frames, "FastFrameReceiver", Counted)
     broker = await RabbitBroker.open(f"{amqp_url}?reconnect_interval=0.2", prefix=prefix)
     try:
+        assert len(readers) == 1  # our connection reads with the fast frame reader
         inbox = Inbox()
         await broker.subscribe("q.reconnect", "orders", ["order.created"], inbox)
         await broker.publish("orders", [Message.json("order.created", {"n": 1})])
@@ -533,6 +544,7 @@ async def test_a_consumer_and_publisher_survive_a_dropped_connection(amqp_url: s
                 await asyncio.sleep(0.1)
         got = await inbox.wait_for(2)
         assert [d.message.payload()["n"] for d in got] == [1, 2]  # consuming resumed, nothing lost
+        assert len(readers) == 2  # and so does the connection aio-pika reopened
     finally:
         await broker.delete_topology()
         await broker.close()

@@ -63,6 +63,7 @@ from ordermesh.messaging.port import (
 )
 from ordermesh.messaging.rabbitmq import codec
 from ordermesh.messaging.rabbitmq.acks import Acks
+from ordermesh.messaging.rabbitmq.frames import fast_frames
 
 log = logging.getLogger("ordermesh.messaging.rabbitmq")
 
@@ -240,9 +241,10 @@ class RabbitBroker:
         try:
             # Named, so operators (and tests) can tell our connections apart in RabbitMQ.
             name = f"ordermesh {prefix}".strip()
-            connection = await aio_pika.connect_robust(
-                url, timeout=5, client_properties={"connection_name": name}
-            )
+            with fast_frames():  # also for the reconnect loop this starts (it copies the context)
+                connection = await aio_pika.connect_robust(
+                    url, timeout=5, client_properties={"connection_name": name}
+                )
         except (*_CONNECTION_ERRORS, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise BrokerUnavailable(HOW_TO_START.format(url=_redact(url), error=error)) from exc
