@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,6 +65,7 @@ from ordermesh.messaging.port import (
 from ordermesh.messaging.rabbitmq import codec
 from ordermesh.messaging.rabbitmq.acks import Acks
 from ordermesh.messaging.rabbitmq.frames import fast_frames
+from ordermesh.messaging.rabbitmq.tap import DeliveryTap
 
 log = logging.getLogger("ordermesh.messaging.rabbitmq")
 
@@ -137,12 +139,19 @@ class RabbitSubscription:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
 
     async def start(self) -> None:
         raw = await self._channel.get_underlay_channel()
-        self._acks = Acks(raw)
-        ok = await raw.basic_consume(self._broker._name(self.name), self._on_delivered, no_ack=False)
-        self.consumer_tag = ok.consumer_tag
+        acks = self._acks = Acks(raw)  # delivery tags belong to this channel
+        # The tap takes this consumer's deliveries past aiormq's channel queue (``tap``); it is
+        # in place, under a tag chosen here, before the first delivery can arrive.
+        tag = f"ordermesh.{self.name}.{uuid.uuid4().hex[:12]}"
+        DeliveryTap.on(raw).add(tag, functools.partial(self._spawn, acks))
+        await raw.basic_consume(
+            self._broker._name(self.name), functools.partial(self._on_delivered, acks), consumer_tag=tag
+        )
+        self.consumer_tag = tag
         reopen = getattr(self._channel, "reopen_callbacks", None)
         if reopen is not None and self._reopened not in reopen:
             reopen.add(self._reopened)
@@ -154,11 +163,16 @@ class RabbitSubscription:
             log.info("queue %s: channel reopened, consuming again", self.name)
             await self.start()
 
-    async def _on_delivered(self, delivered: DeliveredMessage) -> None:
-        # Runs first thing in the task aiormq starts per delivery, so ``delivered`` is called
-        # in delivery order (what the coalesced acks rely on).
-        acks, tag = self._acks, delivered.delivery_tag
-        if acks is None or tag is None or self.stopping:
+    def _spawn(self, acks: Acks, delivered: DeliveredMessage) -> None:
+        # Called by the tap in delivery order; each task's first step (``acks.delivered``) runs
+        # in the order the tasks were created, which the coalesced acks rely on.
+        task = asyncio.get_running_loop().create_task(self._on_delivered(acks, delivered))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_delivered(self, acks: Acks, delivered: DeliveredMessage) -> None:
+        tag = delivered.delivery_tag
+        if tag is None or self.stopping:
             return  # left unacked: the broker requeues it when the channel closes
         acks.delivered(tag)
         self._inflight += 1
