@@ -257,6 +257,29 @@ async def test_pipelined_publishing_keeps_order(amqp_url: str, prefix: str) -> N
         await broker.close()
 
 
+async def test_a_message_id_in_flight_twice_is_returned_for_the_right_publish(broker: RabbitBroker) -> None:
+    # aiormq maps a returned message to its publish by message id: the second publish of an id
+    # waits for the first's confirm, so the return names the publish that was unroutable.
+    inbox = Inbox()
+    await broker.subscribe("q.paid", "orders", ["order.paid"], inbox)
+    twice = [  # unroutable first: its return must not be taken for the later publish's
+        Message.json("order.nowhere", {"n": 2}, message_id="same-id"),
+        Message.json("order.paid", {"n": 1}, message_id="same-id"),
+    ]
+    with pytest.raises(Unroutable, match=r"1 of 2 .*order\.nowhere"):
+        await broker.publish("orders", twice)
+    assert [d.message.payload() for d in await inbox.wait_for(1)] == [{"n": 1}]
+
+
+async def test_a_body_larger_than_a_frame_arrives_whole(broker: RabbitBroker) -> None:
+    inbox = Inbox()
+    await broker.subscribe("q.big", "orders", ["order.created"], inbox)
+    big = {"items": ["x" * 1000 for _ in range(400)]}  # ~400 kB: several body frames each way
+    await broker.publish("orders", [Message.json("order.created", big), Message.json("order.created", {})])
+    got = await inbox.wait_for(2)
+    assert [d.message.payload() for d in got] == [big, {}]
+
+
 async def test_retries_wait_in_delay_queues_then_dead_letter_with_headers(
     broker: RabbitBroker, raw: aio_pika.abc.AbstractConnection, prefix: str
 ) -> None:

@@ -1,4 +1,4 @@
-"""The fast frame reader gives exactly the frames pamqp gives, however the bytes are chunked."""
+"""The fast frame reader reads, and WireProperties write, exactly what pamqp does."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import aiormq.connection
 import pamqp.frame
 import pytest
+from aiormq.abc import ChannelFrame
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError
 from pamqp import commands
 from pamqp.body import ContentBody
@@ -19,6 +20,8 @@ from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
 from ordermesh.messaging.rabbitmq.frames import FastFrameReceiver, Received, fast_frames, split_frames
+from ordermesh.messaging.rabbitmq.properties import WireProperties
+from ordermesh.messaging.rabbitmq.publisher import publish_frames
 
 Basic = commands.Basic
 NOT_UTF8 = b"#not-utf8#"  # pamqp cannot encode bytes that are not UTF-8: patched in on the wire
@@ -201,3 +204,68 @@ async def test_only_connections_opened_in_fast_frames_use_it() -> None:
     with fast_frames():
         assert type(aiormq.connection.FrameReceiver(reader)) is FastFrameReceiver
     assert type(aiormq.connection.FrameReceiver(reader)) is not FastFrameReceiver
+
+
+def _property_sets() -> list[dict[str, Any]]:
+    full = vars_of(_frames()[1][1].properties)
+    full["headers"] = {k: v for k, v in full["headers"].items() if k != "raw"}
+    return [
+        {},
+        full,
+        {"message_id": "m", "delivery_mode": 2, "headers": {}},
+        {"content_type": "", "message_type": "order.created", "priority": 0, "delivery_mode": 1},
+        {"headers": {"i8": -128, "i16": 30_000, "u16": 60_000}},
+        {"headers": {"i32": -(2**31), "u32": 2**32 - 1, "i64": 2**62, "t": True, "f": False}},
+        {"headers": {"x" * 200: "long key", "k": "v"}},  # pamqp truncates the key: so must we
+        {"headers": {"unicode": "ü€𝄞", "": "empty key"}, "app_id": "ordermesh", "user_id": "guest"},
+        {"timestamp": datetime(2026, 11, 26, tzinfo=UTC), "expiration": "1000", "reply_to": "r"},
+    ]
+
+
+def vars_of(properties: Basic.Properties) -> dict[str, Any]:
+    return {slot: getattr(properties, slot) for slot in properties.__slots__ if getattr(properties, slot)}
+
+
+@pytest.mark.parametrize("fields", _property_sets())
+def test_wire_properties_marshal_to_pamqps_bytes(fields: dict[str, Any]) -> None:
+    assert WireProperties(**fields).marshal() == Basic.Properties(**fields).marshal()
+
+
+def test_wire_properties_refuse_what_pamqp_refuses() -> None:
+    with pytest.raises(TypeError):
+        Basic.Properties(message_id="x" * 256).marshal()
+    with pytest.raises(TypeError):
+        WireProperties(message_id="x" * 256).marshal()
+    with pytest.raises(TypeError):
+        WireProperties(headers={"bad": object()}).marshal()  # type: ignore[dict-item]
+
+
+def test_wire_properties_are_pamqp_properties_in_every_other_way() -> None:
+    properties = WireProperties(message_id="m", headers={"a": "b"})
+    assert properties  # aiormq publishes `properties or <defaults>`
+    assert properties == Basic.Properties(message_id="m", headers={"a": "b"})
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 4088, 4089, 10_000])
+def test_publish_frames_are_what_aiormq_writes(size: int) -> None:
+    max_content = 4088  # a frame_max of 4096, so bodies split
+    body = bytes(i % 251 for i in range(size))
+    properties = WireProperties(message_id="m", headers={"a": "b", "n": 7}, delivery_mode=2)
+    bodies = [ContentBody(body[i : i + max_content]) for i in range(0, size, max_content)]
+    aiormq_frames = ChannelFrame.marshall(
+        channel_number=3,
+        frames=[
+            Basic.Publish(exchange="om.orders", routing_key="order.created", mandatory=True),
+            ContentHeader(properties=properties, body_size=size),
+            *bodies,
+        ],
+    )
+    assert (
+        publish_frames(3, "om.orders", "order.created", properties, body, max_content)
+        == aiormq_frames.payload
+    )
+
+
+def test_publish_frames_refuse_a_routing_key_longer_than_amqp_allows() -> None:
+    with pytest.raises(ValueError, match="255 bytes"):
+        publish_frames(1, "orders", "k" * 256, WireProperties(), b"{}", 4088)

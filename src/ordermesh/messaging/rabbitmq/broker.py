@@ -65,6 +65,7 @@ from ordermesh.messaging.port import (
 from ordermesh.messaging.rabbitmq import codec
 from ordermesh.messaging.rabbitmq.acks import Acks
 from ordermesh.messaging.rabbitmq.frames import fast_frames
+from ordermesh.messaging.rabbitmq.publisher import Item, Pipeline
 from ordermesh.messaging.rabbitmq.tap import DeliveryTap
 
 log = logging.getLogger("ordermesh.messaging.rabbitmq")
@@ -233,13 +234,9 @@ class RabbitBroker:
         self._exchanges: dict[str, AbstractExchange] = {}  # declared by this object
         self._known_exchanges: set[str] = set()  # full names checked to exist
         self._subscriptions: list[RabbitSubscription] = []
-        # aiormq matches a returned message to its confirm by message_id: two publishes with the
-        # same id must not be in flight on the channel at once.
-        self._inflight_ids: dict[str, asyncio.Task[str | None]] = {}
         self._dlq_lock = asyncio.Lock()
-        self._enqueue = asyncio.Lock()
         # Confirms outstanding across every publish of this object (the channel's, not a call's).
-        self._window = asyncio.Semaphore(self._confirm_window)
+        self._pipeline = Pipeline(self._confirm_window)
 
     @classmethod
     async def open(
@@ -353,78 +350,31 @@ class RabbitBroker:
 
     # --- publishing -------------------------------------------------------------------------
 
-    async def _publish_one(
-        self, channel: aiormq.Channel, exchange: str, body: bytes, properties: Basic.Properties, key: str
-    ) -> str | None:
-        """Publish and wait for the confirm: None, or the routing key if it was returned. The
-        confirm says the broker has it, so waiting for the socket to drain first (``wait``)
-        would only add a future per message."""
+    async def _publish_pipelined(self, exchange: str, items: Sequence[Item]) -> list[str]:
+        """Publish in order with up to ``confirm_window`` confirms outstanding (``Pipeline``);
+        return the routing keys of returned (unroutable) messages, raise ``BrokerUnavailable``
+        on failures. Concurrent calls are written one after another, in call order."""
         try:
-            await channel.basic_publish(
-                body, exchange=exchange, routing_key=key, properties=properties, mandatory=True, wait=False
-            )
-        except aiormq.exceptions.PublishError:
-            return key
-        except aiormq.exceptions.DeliveryError as exc:  # nack: the broker could not take it
-            raise BrokerUnavailable(f"RabbitMQ refused the message {properties.message_id}: {exc}") from exc
+            confirmations = await self._pipeline.publish(self._publishing_channel, exchange, items)
         except _CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc!r}") from exc
-        return None
-
-    async def _publish_pipelined(
-        self, exchange: str, items: Sequence[tuple[bytes, Basic.Properties, str]]
-    ) -> list[str]:
-        """Publish in order with up to ``confirm_window`` confirms outstanding; return the routing
-        keys of returned (unroutable) messages, raise ``BrokerUnavailable`` on failures.
-
-        Concurrent calls enqueue one after another, in call order (the lock is FIFO, and taken
-        before anything else can suspend once the exchange is known): a caller that keeps two
-        batches in flight (the outbox relay) gets the same order on the wire as one batch at a
-        time. Only the enqueueing is serialised; the calls wait for their confirms side by side."""
-        async with self._enqueue:
-            try:
-                channel = await self._channel.get_underlay_channel()
-            except _CONNECTION_ERRORS as exc:
-                raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc!r}") from exc
-            assert isinstance(channel, aiormq.Channel)  # the concrete one has ``wait``
-            window = self._window
-            tasks: list[asyncio.Task[str | None]] = []
-
-            def done(task: asyncio.Task[str | None], message_id: str) -> None:
-                window.release()
-                if self._inflight_ids.get(message_id) is task:
-                    del self._inflight_ids[message_id]
-
-            try:
-                for body, properties, key in items:
-                    message_id = str(properties.message_id)
-                    previous = self._inflight_ids.get(message_id)
-                    if previous is not None:
-                        await asyncio.wait([previous])
-                    await window.acquire()
-                    # Tasks take the channel's lock in creation order (asyncio.Lock is FIFO), so
-                    # the frames leave in the order of ``items``.
-                    task = asyncio.create_task(self._publish_one(channel, exchange, body, properties, key))
-                    task.add_done_callback(functools.partial(done, message_id=message_id))
-                    self._inflight_ids[message_id] = task
-                    tasks.append(task)
-            except BaseException:
-                for task in tasks:
-                    task.cancel()
-                raise
-        try:
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            raise
+        results = await asyncio.gather(*(future for future, _key in confirmations), return_exceptions=True)
         returned: list[str] = []
-        for result in results:
-            if isinstance(result, BaseException):
+        for result, (_future, key) in zip(results, confirmations, strict=True):
+            if isinstance(result, aiormq.exceptions.PublishError):
+                returned.append(key)
+            elif isinstance(result, aiormq.exceptions.DeliveryError):  # nack: the broker could not take it
+                raise BrokerUnavailable(f"RabbitMQ refused a message for {key!r}: {result}") from result
+            elif isinstance(result, _CONNECTION_ERRORS):
+                raise BrokerUnavailable(f"publishing to RabbitMQ failed: {result!r}") from result
+            elif isinstance(result, BaseException):
                 raise result
-            if result is not None:
-                returned.append(result)
         return returned
+
+    async def _publishing_channel(self) -> aiormq.Channel:
+        channel = await self._channel.get_underlay_channel()
+        assert isinstance(channel, aiormq.Channel)  # the concrete one: the pipeline uses its bookkeeping
+        return channel
 
     async def publish(self, exchange: str, messages: Sequence[Message]) -> None:
         """Publish in order, pipelined (``confirm_window`` confirms in flight), and wait for every

@@ -37,6 +37,7 @@ from ordermesh.messaging.port import (
     H_TYPE,
     Message,
 )
+from ordermesh.messaging.rabbitmq.properties import WireProperties
 
 CONTENT_TYPE = "application/json"
 PERSISTENT = 2  # AMQP delivery mode
@@ -128,7 +129,7 @@ def encode(message: Message) -> Basic.Properties:
     headers[H_OCCURRED] = message.occurred_at.isoformat()
     if message.causation_id is not None:
         headers[H_CAUSATION] = message.causation_id
-    return Basic.Properties(
+    return WireProperties(
         content_type=CONTENT_TYPE,
         headers=headers,
         delivery_mode=PERSISTENT,
@@ -205,7 +206,7 @@ def copy(
     headers.update(extra)
     for name in drop:
         headers.pop(name, None)
-    return Basic.Properties(
+    return WireProperties(
         content_type=source.content_type or CONTENT_TYPE,
         content_encoding=source.content_encoding,
         headers=headers,

@@ -1,0 +1,102 @@
+"""``Basic.Properties`` that marshal themselves quickly: the publish side of the frame reader.
+
+aiormq marshals a publish's content header through ``ContentHeader.marshal``, which asks the
+properties object for its bytes; pamqp's generic ``Basic.Properties.marshal`` looks each
+property's type up by name and encodes value by value: ~12 µs of the ~19 µs a publish's frames
+cost (measured, ``timeit``). ``WireProperties`` writes the same bytes directly (~2 µs): short
+strings, octets and the header table's strings, booleans and integers by hand, anything else
+through pamqp's own encoders. ``tests/unit/test_rabbitmq_frames.py`` checks the bytes are
+identical to pamqp's for every property and value type.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from pamqp import encode
+from pamqp.commands import Basic
+
+_FLAG = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_SHORT_STRINGS = ("correlation_id", "reply_to", "expiration", "message_id")
+_LATE_SHORT_STRINGS = ("message_type", "user_id", "app_id", "cluster_id")
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value != ""  # pamqp's rule: '' is absent
+
+
+def _short(value: Any) -> bytes:
+    if type(value) is str:
+        raw = value.encode()
+        if len(raw) <= 255:
+            return bytes((len(raw),)) + raw
+    return encode.short_string(value)  # its TypeError for the rest
+
+
+def _table(table: Any) -> bytes:
+    if not table or type(table) is not dict:
+        return encode.field_table(table)
+    out = []
+    for key, value in sorted(table.items()):
+        raw_key = key.encode() if type(key) is str else b""
+        if not raw_key or len(raw_key) > 128:
+            return encode.field_table(table)  # pamqp truncates long keys (with a warning)
+        out.append(bytes((len(raw_key),)))
+        out.append(raw_key)
+        kind = type(value)
+        if kind is str:
+            raw = value.encode()
+            out.append(b"S" + _U32.pack(len(raw)))
+            out.append(raw)
+        elif kind is bool:
+            out.append(b"t\x01" if value else b"t\x00")
+        elif kind is int:
+            out.append(encode.table_integer(value))
+        else:
+            out.append(encode.encode_table_value(value))
+    body = b"".join(out)
+    return _U32.pack(len(body)) + body
+
+
+class WireProperties(Basic.Properties):
+    """``Basic.Properties`` with a fast ``marshal``; everything else is pamqp's. No ``__slots__``
+    of its own: pamqp reads the property names from ``__slots__`` (and its length as ``len()``,
+    so an empty one would make the object falsy)."""
+
+    def marshal(self) -> bytes:
+        flags = 0
+        parts: list[bytes] = []
+        if _present(self.content_type):
+            flags |= 0x8000
+            parts.append(_short(self.content_type))
+        if _present(self.content_encoding):
+            flags |= 0x4000
+            parts.append(_short(self.content_encoding))
+        if _present(self.headers):
+            flags |= 0x2000
+            parts.append(_table(self.headers))
+        if _present(self.delivery_mode):
+            flags |= 0x1000
+            parts.append(encode.octet(self.delivery_mode))  # type: ignore[arg-type]
+        if _present(self.priority):
+            flags |= 0x0800
+            parts.append(encode.octet(self.priority))  # type: ignore[arg-type]
+        for bit, name in zip((0x0400, 0x0200, 0x0100, 0x0080), _SHORT_STRINGS, strict=True):
+            value = getattr(self, name)
+            if _present(value):
+                flags |= bit
+                parts.append(_short(value))
+        if _present(self.timestamp):
+            flags |= 0x0040
+            parts.append(encode.timestamp(self.timestamp))  # type: ignore[arg-type]
+        for bit, name in zip((0x0020, 0x0010, 0x0008, 0x0004), _LATE_SHORT_STRINGS, strict=True):
+            value = getattr(self, name)
+            if _present(value):
+                flags |= bit
+                parts.append(_short(value))
+        return _FLAG.pack(flags) + b"".join(parts)
+
+
+__all__ = ["WireProperties"]
