@@ -178,3 +178,12 @@ async def test_permanent_error_raised_by_a_handler_skips_retries(broker: Broker)
     await broker.publish("orders", [Message.json("order.exploded", {})])
     (letter,) = await dead_letters(broker, "q.perm", 1)
     assert letter.attempts == 1 and len(inbox.got) == 1
+
+
+async def test_connected_until_closed(broker_url: str) -> None:
+    broker = await open_broker(broker_url)
+    try:
+        assert broker.connected
+    finally:
+        await broker.close()
+    assert not broker.connected

@@ -159,6 +159,39 @@ async def test_readyz_follows_the_consumer_from_connecting_to_stopping(
         await broker.close()
 
 
+class Unplugged(MemoryBroker):
+    """A broker whose connection a test can pull."""
+
+    up = True
+
+    @property
+    def connected(self) -> bool:
+        return self.up
+
+
+async def test_readyz_fails_while_the_broker_connection_is_down(
+    sink: MailSink, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    broker = Unplugged()
+    await broker.declare_exchange("orders")
+    inbox, db = await open_inbox(tmp_path)
+    mailer = SmtpMailer(f"smtp://127.0.0.1:{sink.port}", timeout=5)
+    service = await start_notifications(broker, mailer, inbox, retry=FAST)
+    server = await start_health_server(create_health_app(lambda: service), free_port())
+    try:
+        assert await get(http, f"{server.url}/readyz") == (200, {"status": "ok"})
+        broker.up = False
+        status, problem = await get(http, f"{server.url}/readyz")
+        assert status == 503 and "broker connection is down" in problem["detail"]
+        broker.up = True
+        assert await get(http, f"{server.url}/readyz") == (200, {"status": "ok"})
+    finally:
+        await service.stop()
+        await server.stop()
+        await db.close()
+        await broker.close()
+
+
 def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

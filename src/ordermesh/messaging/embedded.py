@@ -432,6 +432,12 @@ class EmbeddedBroker:
         self._exchanges: set[str] = set()  # declared by this object (for delete_topology)
         self._queues: set[str] = set()
         self._subscriptions: list[EmbeddedSubscription] = []
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        """A file, not a server: reachable until closed."""
+        return not self._closed
 
     @classmethod
     async def open(
@@ -616,6 +622,7 @@ class EmbeddedBroker:
         self._exchanges.clear()
 
     async def close(self) -> None:
+        self._closed = True
         await self._stop_all()
         await self.db.close()
 

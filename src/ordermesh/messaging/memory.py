@@ -52,6 +52,11 @@ class MemoryBroker:
         self._published = 0
         self._timers: set[asyncio.TimerHandle] = set()
         self._subscriptions: list[_MemorySubscription] = []
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        return not self._closed
 
     async def declare_exchange(self, exchange: str) -> None:
         self._exchanges.add(exchange)
@@ -160,6 +165,7 @@ class MemoryBroker:
         self._queues.clear()
 
     async def close(self) -> None:
+        self._closed = True
         for timer in self._timers:
             timer.cancel()
         for sub in self._subscriptions:

@@ -135,6 +135,12 @@ class Subscription(Protocol):
 
 
 class Broker(Protocol):
+    @property
+    def connected(self) -> bool:
+        """Whether the broker can be reached now: False once closed, and while a connection to a
+        server is down (the adapter reconnects by itself). For readiness probes."""
+        ...
+
     async def declare_exchange(self, exchange: str) -> None: ...
 
     async def publish(self, exchange: str, messages: Sequence[Message]) -> None:

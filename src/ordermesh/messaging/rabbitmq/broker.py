@@ -606,6 +606,11 @@ class RabbitBroker:
         self._exchanges.clear()
         self._known_exchanges.clear()
 
+    @property
+    def connected(self) -> bool:
+        """False while aio-pika's robust connection is down (it reconnects) and once closed."""
+        return not self._connection.is_closed and self._connection.connected.is_set()
+
     async def close(self) -> None:
         for sub in list(self._subscriptions):
             await sub.stop()

@@ -81,6 +81,8 @@ def not_ready_reason(service: Notifications | None) -> str | None:
         return "stopping, no longer consuming"
     if not service.consuming:
         return "subscribing to its queues"
+    if service.broker is not None and not service.broker.connected:
+        return "the broker connection is down (reconnecting; unacknowledged mail is redelivered)"
     return None
 
 

@@ -68,6 +68,7 @@ class Notifications:
     handler: NotificationHandler
     subscriptions: list[Subscription] = field(default_factory=list)
     stopping: bool = False  # set for good by stop(): the service is not restarted
+    broker: Broker | None = None  # what it consumes from: /readyz follows its connection
 
     @property
     def consuming(self) -> bool:
@@ -92,7 +93,7 @@ async def start_notifications(
     sender: str = DEFAULT_SENDER,
 ) -> Notifications:
     """Subscribe the three notification queues on ``broker``; returns at once."""
-    service = Notifications(NotificationHandler(mailer, inbox, sender=sender))
+    service = Notifications(NotificationHandler(mailer, inbox, sender=sender), broker=broker)
     handler = traced(service.handler)  # the mail and its log lines continue the order's trace
     try:
         for queue, key in QUEUES.items():
