@@ -272,3 +272,33 @@ def _figures(relay: OutboxRelay) -> dict[str, float]:
         for sample in metric.samples
         if not sample.name.endswith("_created")
     }
+
+
+class Flaky(MemoryBroker):
+    """Fails its first publish with an error no adapter documents (a library's bare Exception)."""
+
+    failed = False
+
+    async def publish(self, exchange: str, messages: Sequence[Message]) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("the client library failed in an unforeseen way")
+        await super().publish(exchange, messages)
+
+
+async def test_an_unforeseen_error_does_not_stop_the_relay(env: Env) -> None:
+    broker = Flaky()
+    await broker.declare_exchange(EXCHANGE)
+    seen = Collector()
+    await broker.subscribe("audit", EXCHANGE, ["order.#"], seen)
+    await env.system.service.create_order("u1", "u1@example.com", "EUR", LINES)
+    relay = env.relay(broker)
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop, idle_timeout=0.05))
+    try:
+        await seen.wait_for(1)  # published after the failure, from the unmoved checkpoint
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        await broker.close()
+    assert relay.failures == 1 and relay.last_error is None  # cleared by the success

@@ -260,10 +260,19 @@ class OutboxRelay:
                         await self.replay_parked()
                     await self.store.wait_for_events(await self.checkpoints.load(self.name), idle_timeout)
                 backoff, self.last_error = 0.1, None
-            except (MessagingError, OSError) as exc:
+            except Exception as exc:
+                # Whatever failed, the checkpoint did not move: retrying publishes the same
+                # events again, so a relay never stops relaying (it is nobody's task to restart it).
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("outbox relay %s: %s; retrying in %.1fs", self.name, self.last_error, backoff)
+                expected = isinstance(exc, MessagingError | OSError)
+                log.warning(
+                    "outbox relay %s: %s; retrying in %.1fs",
+                    self.name,
+                    self.last_error,
+                    backoff,
+                    exc_info=None if expected else exc,
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 

@@ -365,10 +365,12 @@ class RabbitBroker:
                 returned.append(key)
             elif isinstance(result, aiormq.exceptions.DeliveryError):  # nack: the broker could not take it
                 raise BrokerUnavailable(f"RabbitMQ refused a message for {key!r}: {result}") from result
-            elif isinstance(result, _CONNECTION_ERRORS):
-                raise BrokerUnavailable(f"publishing to RabbitMQ failed: {result!r}") from result
-            elif isinstance(result, BaseException):
+            elif isinstance(result, asyncio.CancelledError):
                 raise result
+            elif isinstance(result, BaseException):
+                # Not confirmed, whatever the reason (a connection lost without a reason fails
+                # aiormq's futures with a bare ``Exception``): the caller must publish it again.
+                raise BrokerUnavailable(f"publishing to RabbitMQ failed: {result!r}") from result
         return returned
 
     async def _publishing_channel(self) -> aiormq.Channel:
