@@ -104,6 +104,10 @@ async def test_run_notifications_serves_probes_and_counts_mail(
             "ordermesh_notifications_smtp_failures_total 0.0",
         } <= set(metrics.splitlines())
         assert "# TYPE ordermesh_notifications_sent_total counter" in metrics
+        # Every delivery counted and timed per queue (the duplicate too: the handler ran, fine).
+        handled = 'ordermesh_messages_handled_total{outcome="ok",queue="notifications.order_created"} 2.0'
+        timed = 'ordermesh_message_handling_seconds_count{queue="notifications.order_created"} 2.0'
+        assert {handled, timed} <= set(metrics.splitlines())
         assert len(sink.received) == 1
 
         stop.set()

@@ -25,6 +25,7 @@ from ordermesh.errors import InfrastructureError
 from ordermesh.messaging import Broker, open_broker
 from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox, SqlInbox
+from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import RetryPolicy, Subscription
 from ordermesh.services.notifications.handler import NotificationHandler
 from ordermesh.services.notifications.health import PORT_VARIABLE, create_health_app, start_health_server
@@ -91,14 +92,17 @@ async def start_notifications(
     retry: RetryPolicy = DEFAULT_RETRY,
     prefetch: int = DEFAULT_PREFETCH,
     sender: str = DEFAULT_SENDER,
+    metrics: ConsumerMetrics | None = None,
 ) -> Notifications:
-    """Subscribe the three notification queues on ``broker``; returns at once."""
+    """Subscribe the three notification queues on ``broker``; returns at once. With ``metrics``,
+    each queue's deliveries are counted and timed."""
     service = Notifications(NotificationHandler(mailer, inbox, sender=sender), broker=broker)
     handler = traced(service.handler)  # the mail and its log lines continue the order's trace
     try:
         for queue, key in QUEUES.items():
+            measured = handler if metrics is None else metrics.consumed(queue, handler)
             service.subscriptions.append(
-                await broker.subscribe(queue, EXCHANGE, [key], handler, prefetch=prefetch, retry=retry)
+                await broker.subscribe(queue, EXCHANGE, [key], measured, prefetch=prefetch, retry=retry)
             )
     except BaseException:
         await service.stop()
@@ -122,11 +126,15 @@ async def run_notifications(
     ``http_port`` (0: none) serves ``health.create_health_app`` on 127.0.0.1. It is bound first:
     a port in use raises ``InfrastructureError`` before anything is consumed, and while the
     broker connects ``/livez`` answers and ``/readyz`` says why not yet. It closes last, so
-    ``/readyz`` answers 503 while in-flight mails drain."""
+    ``/readyz`` answers 503 while in-flight mails drain. Its ``/metrics`` also counts and times
+    every queue's deliveries (``ConsumerMetrics``)."""
     service: Notifications | None = None
+    metrics: ConsumerMetrics | None = None
     async with contextlib.AsyncExitStack() as cleanup:
         if http_port:
-            http = await start_health_server(create_health_app(lambda: service), http_port)
+            app = create_health_app(lambda: service)
+            metrics = ConsumerMetrics(app.state.metrics.registry)
+            http = await start_health_server(app, http_port)
             cleanup.push_async_callback(http.stop)
         mailer = SmtpMailer(smtp_url)
         inbox, db = await open_inbox(data_dir)
@@ -134,7 +142,7 @@ async def run_notifications(
         broker = await open_broker(broker_url)
         cleanup.push_async_callback(broker.close)
         service = await start_notifications(
-            broker, mailer, inbox, retry=retry, prefetch=prefetch, sender=sender
+            broker, mailer, inbox, retry=retry, prefetch=prefetch, sender=sender, metrics=metrics
         )
         cleanup.push_async_callback(service.stop)
         log.info("notifications: consuming %s, mailing through %s", ", ".join(QUEUES), mailer.url)
