@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from ordermesh.messaging import Broker, open_broker
+from ordermesh.messaging.ordering import in_order
 from ordermesh.messaging.port import DeadLetter, Delivery, Message, PermanentError, RetryPolicy, Unroutable
 
 FAST = RetryPolicy(max_attempts=3, initial=0.05, multiplier=2.0, maximum=0.2)
@@ -187,3 +188,41 @@ async def test_connected_until_closed(broker_url: str) -> None:
     finally:
         await broker.close()
     assert not broker.connected
+
+
+async def test_in_order_keeps_each_keys_deliveries_in_sequence_and_keys_concurrent(broker: Broker) -> None:
+    keys, per_key = 4, 15
+    finished: list[tuple[str, int]] = []
+    busy: set[str] = set()
+    overlaps, most = [], 0
+    done = asyncio.Event()
+
+    async def handle(delivery: Delivery) -> None:
+        nonlocal most
+        payload = delivery.message.payload()
+        key = payload["key"]
+        if key in busy:
+            overlaps.append(payload)
+        busy.add(key)
+        most = max(most, len(busy))
+        for _ in range((payload["seq"] * 7 + len(key)) % 5):  # uneven work: later ones may overtake
+            await asyncio.sleep(0)
+        busy.discard(key)
+        finished.append((key, payload["seq"]))
+        if len(finished) == keys * per_key:
+            done.set()
+
+    await broker.subscribe("ordered", "orders", ["order.#"], in_order(handle), prefetch=32)
+    await broker.publish(
+        "orders",
+        [
+            Message.json("order.updated", {"key": f"k{k}", "seq": seq}, correlation_id=f"k{k}")
+            for seq in range(per_key)
+            for k in range(keys)
+        ],
+    )
+    await asyncio.wait_for(done.wait(), 10)
+    for k in range(keys):
+        assert [seq for key, seq in finished if key == f"k{k}"] == list(range(per_key))
+    assert overlaps == []  # one at a time per key
+    assert most > 1  # different keys still ran side by side
