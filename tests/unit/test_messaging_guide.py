@@ -18,7 +18,7 @@ def _guide() -> dict[str, Any]:
     """Every ```python block of the guide, executed in one namespace."""
     namespace: dict[str, Any] = {"__name__": "messaging_guide"}
     blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.DOTALL)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     exec(compile("\n".join(blocks), str(GUIDE), "exec"), namespace)
     return namespace
 
@@ -63,3 +63,32 @@ async def test_the_guides_consumer_and_relay_work_as_written(tmp_path: Path) -> 
         await broker.close()
         await store.close()
         await db.close()
+
+
+async def test_the_guides_outbox_table_publishes_what_was_committed(tmp_path: Path) -> None:
+    guide = _guide()
+    broker = await guide["connect_broker"]("memory://")
+    db = await connect(f"sqlite:///{tmp_path / 'inventory.db'}")
+    try:
+        await db.execute("CREATE TABLE stock (sku TEXT PRIMARY KEY, reserved INTEGER NOT NULL)")
+        await db.execute("INSERT INTO stock VALUES ('SKU-1', 0)")
+        await broker.declare_exchange("inventory")
+        got: list[Message] = []
+
+        async def collect(delivery: Any) -> None:
+            got.append(delivery.message)
+
+        await broker.subscribe("audit", "inventory", ["stock.#"], collect)
+        outbox = await guide["SqlOutbox"].open(db)
+        await guide["reserve_stock"](db, outbox, "SKU-1", 3)
+        assert await guide["OutboxPublisher"](outbox, broker).step() == 1
+        await _until(lambda: _ready(got))
+        assert got[0].payload() == {"sku": "SKU-1", "qty": 3}
+        assert [tuple(r) for r in await db.fetch("SELECT sku, reserved FROM stock")] == [("SKU-1", 3)]
+    finally:
+        await broker.close()
+        await db.close()
+
+
+async def _ready(got: list[Message]) -> bool:
+    return bool(got)

@@ -30,14 +30,12 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
-
-import orjson
 
 from ordermesh.db import SqlDb, migrate
 from ordermesh.eventstore.model import StoredEvent
 from ordermesh.eventstore.port import EventStore
 from ordermesh.eventstore.subscription import CheckpointStore
+from ordermesh.messaging import envelope
 from ordermesh.messaging.port import Broker, Message, MessagingError, Unroutable
 
 log = logging.getLogger(__name__)
@@ -109,37 +107,12 @@ class ParkingLot:
 
 
 def _envelope(message: Message, reason: str, position: int) -> str:
-    return orjson.dumps(
-        {
-            "reason": reason,
-            "position": position,
-            "routing_key": message.routing_key,
-            "body": message.body.decode(),
-            "type": message.type,
-            "message_id": message.message_id,
-            "schema_version": message.schema_version,
-            "occurred_at": message.occurred_at.isoformat(),
-            "correlation_id": message.correlation_id,
-            "causation_id": message.causation_id,
-            "headers": dict(message.headers),
-        }
-    ).decode()
+    return envelope.dumps(message, {"reason": reason, "position": position})
 
 
 def _parked(text: str) -> Parked:
-    d = orjson.loads(text)
-    message = Message(
-        routing_key=d["routing_key"],
-        body=d["body"].encode(),
-        type=d["type"],
-        message_id=d["message_id"],
-        schema_version=d["schema_version"],
-        occurred_at=datetime.fromisoformat(d["occurred_at"]),
-        correlation_id=d["correlation_id"],
-        causation_id=d["causation_id"],
-        headers=d["headers"],
-    )
-    return Parked(message, d["reason"], int(d.get("position", 0)))
+    message, extra = envelope.loads(text)
+    return Parked(message, extra["reason"], int(extra.get("position", 0)))
 
 
 class OutboxRelay:
