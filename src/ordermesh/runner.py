@@ -107,6 +107,7 @@ async def _start_notifications(settings: Settings) -> asyncio.subprocess.Process
         "ORDERMESH_BROKER_URL": settings.effective_broker_url,
         "ORDERMESH_SMTP_URL": settings.effective_smtp_url,
         "ORDERMESH_NOTIFICATIONS_HTTP_PORT": str(settings.notifications_http_port),
+        "ORDERMESH_HTTP_HOST": settings.http_host,
         "ORDERMESH_PARENT_PID": str(os.getpid()),
     }
     return await asyncio.create_subprocess_exec(

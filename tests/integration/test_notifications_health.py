@@ -230,3 +230,13 @@ def test_the_port_setting_defaults_to_8001_and_0_turns_it_off() -> None:
     assert http_port_from({"ORDERMESH_NOTIFICATIONS_HTTP_PORT": ""}) == 8001
     assert http_port_from({"ORDERMESH_NOTIFICATIONS_HTTP_PORT": "0"}) == 0
     assert Settings.from_env({"ORDERMESH_NOTIFICATIONS_HTTP_PORT": "9101"}).notifications_http_port == 9101
+
+
+async def test_the_endpoint_binds_the_host_it_is_given(http: aiohttp.ClientSession) -> None:
+    # 0.0.0.0, as in a container whose probes come from outside: reachable on the loopback too.
+    server = await start_health_server(create_health_app(lambda: None), free_port(), "0.0.0.0")
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        assert await get(http, f"{server.url}/livez") == (200, {"status": "ok"})
+    finally:
+        await server.stop()

@@ -1,4 +1,5 @@
-"""The notification service's HTTP side: ``/livez``, ``/readyz`` and ``/metrics`` on 127.0.0.1.
+"""The notification service's HTTP side: ``/livez``, ``/readyz`` and ``/metrics`` on 127.0.0.1
+(or ORDERMESH_HTTP_HOST).
 
 Served by uvicorn on the consumer's event loop (``run_notifications`` starts it when
 ORDERMESH_NOTIFICATIONS_HTTP_PORT is not 0). The socket is bound before uvicorn starts, so a port
@@ -98,9 +99,10 @@ class _Uvicorn(uvicorn.Server):
 class HealthServer:
     """The endpoint serving in a task on the running loop; ``await stop()`` ends it."""
 
-    def __init__(self, server: _Uvicorn, task: asyncio.Task[None], port: int) -> None:
+    def __init__(self, server: _Uvicorn, task: asyncio.Task[None], host: str, port: int) -> None:
         self._server, self._task, self.port = server, task, port
-        self.url = f"http://{HOST}:{port}"
+        local = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
+        self.url = f"http://{local}:{port}"
         self._stopping = False
         task.add_done_callback(self._ended)
 
@@ -116,25 +118,27 @@ class HealthServer:
             await self._task
 
 
-def bind(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         # As uvicorn does: a restart may rebind while old connections sit in TIME_WAIT (a
         # listening socket still makes bind fail).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, port))
+        sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise InfrastructureError(
-            f"cannot serve /livez, /readyz and /metrics on {HOST}:{port}: {exc.strerror or exc} "
+            f"cannot serve /livez, /readyz and /metrics on {host}:{port}: {exc.strerror or exc} "
             f"(set {PORT_VARIABLE} to a free port, or 0 for no HTTP endpoint)"
         ) from exc
     return sock
 
 
-async def start_health_server(app: FastAPI, port: int) -> HealthServer:
-    """Bind ``HOST:port`` (``InfrastructureError`` if taken) and serve ``app`` there."""
-    sock = bind(port)
+async def start_health_server(app: FastAPI, port: int, host: str = HOST) -> HealthServer:
+    """Bind ``host:port`` (``InfrastructureError`` if taken) and serve ``app`` there. ``host``
+    is 127.0.0.1 unless ORDERMESH_HTTP_HOST says otherwise (``0.0.0.0`` in a container, where
+    probes come from outside)."""
+    sock = bind(host, port)
     config = uvicorn.Config(
         app,
         log_config=None,  # uvicorn's lines go through the service's logging, with its format
@@ -150,7 +154,7 @@ async def start_health_server(app: FastAPI, port: int) -> HealthServer:
         while not server.started:
             if task.done():
                 task.result()
-                raise InfrastructureError(f"notifications: HTTP endpoint on {HOST}:{port} did not start")
+                raise InfrastructureError(f"notifications: HTTP endpoint on {host}:{port} did not start")
             await asyncio.sleep(0.01)
     except BaseException:
         server.should_exit = True
@@ -160,7 +164,7 @@ async def start_health_server(app: FastAPI, port: int) -> HealthServer:
         finally:
             sock.close()
         raise
-    http = HealthServer(server, task, int(sock.getsockname()[1]))
+    http = HealthServer(server, task, host, int(sock.getsockname()[1]))
     log.info("notifications: /livez, /readyz and /metrics on %s", http.url)
     return http
 

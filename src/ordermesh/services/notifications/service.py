@@ -2,7 +2,7 @@
 
 Embedded (``ordermesh up``, tests): ``start_notifications(broker, mailer, inbox)`` on a broker
 you own. Standalone (``ordermesh run notifications``): ``main()`` or ``run_notifications``, which
-also serve ``/livez``, ``/readyz`` and ``/metrics`` (``health``) on 127.0.0.1 at
+also serve ``/livez``, ``/readyz`` and ``/metrics`` (``health``) on ORDERMESH_HTTP_HOST (127.0.0.1) at
 ORDERMESH_NOTIFICATIONS_HTTP_PORT (default 8001; 0: none; a port in use: exit 1).
 """
 
@@ -28,7 +28,12 @@ from ordermesh.messaging.inbox import Inbox, SqlInbox
 from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import RetryPolicy, Subscription
 from ordermesh.services.notifications.handler import NotificationHandler
-from ordermesh.services.notifications.health import PORT_VARIABLE, create_health_app, start_health_server
+from ordermesh.services.notifications.health import (
+    HOST,
+    PORT_VARIABLE,
+    create_health_app,
+    start_health_server,
+)
 from ordermesh.services.notifications.mailer import DEFAULT_SENDER, DEFAULT_SMTP_URL, Mailer, SmtpMailer
 
 log = logging.getLogger("ordermesh.notifications")
@@ -120,10 +125,11 @@ async def run_notifications(
     prefetch: int = DEFAULT_PREFETCH,
     sender: str = DEFAULT_SENDER,
     http_port: int = 0,
+    http_host: str = HOST,
 ) -> None:
     """Open the broker and the inbox, consume until ``stop`` is set, then shut down cleanly.
 
-    ``http_port`` (0: none) serves ``health.create_health_app`` on 127.0.0.1. It is bound first:
+    ``http_port`` (0: none) serves ``health.create_health_app`` on ``http_host``. It is bound first:
     a port in use raises ``InfrastructureError`` before anything is consumed, and while the
     broker connects ``/livez`` answers and ``/readyz`` says why not yet. It closes last, so
     ``/readyz`` answers 503 while in-flight mails drain. Its ``/metrics`` also counts and times
@@ -134,7 +140,7 @@ async def run_notifications(
         if http_port:
             app = create_health_app(lambda: service)
             metrics = ConsumerMetrics(app.state.metrics.registry)
-            http = await start_health_server(app, http_port)
+            http = await start_health_server(app, http_port, http_host)
             cleanup.push_async_callback(http.stop)
         mailer = SmtpMailer(smtp_url)
         inbox, db = await open_inbox(data_dir)
@@ -179,6 +185,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
     smtp_url = e.get("ORDERMESH_SMTP_URL") or DEFAULT_SMTP_URL
     data_dir = Path(e.get("ORDERMESH_DATA_DIR") or ".ordermesh")
     sender = e.get("ORDERMESH_MAIL_FROM") or DEFAULT_SENDER
+    http_host = e.get("ORDERMESH_HTTP_HOST") or HOST  # every listener of the system binds there
     try:
         http_port = http_port_from(e)
     except ValueError as exc:
@@ -203,7 +210,9 @@ def main(env: Mapping[str, str] | None = None) -> int:
         if parent:
             watchdog = asyncio.create_task(orphaned(stop))
         try:
-            await run_notifications(broker_url, smtp_url, data_dir, stop, sender=sender, http_port=http_port)
+            await run_notifications(
+                broker_url, smtp_url, data_dir, stop, sender=sender, http_port=http_port, http_host=http_host
+            )
         finally:
             if parent:
                 watchdog.cancel()
