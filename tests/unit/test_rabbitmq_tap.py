@@ -92,3 +92,18 @@ async def test_a_consumer_no_longer_tapped_gets_nothing() -> None:
     tap.discard("mine")
     await _feed(tap, [body])
     assert got == []
+
+
+async def test_a_full_channel_queue_makes_the_reader_wait_not_fail() -> None:
+    channel = Channel()
+    channel.frames = asyncio.Queue(maxsize=1)  # aiormq bounds it (10 frames)
+    tap = DeliveryTap.on(channel)  # type: ignore[arg-type]
+    got: list[DeliveredMessage] = []
+    tap.add("mine", got.append)
+    await tap.put((0, Basic.ConsumeOk("mine")))
+    second = asyncio.create_task(tap.put((0, Basic.CancelOk("other"))))
+    await asyncio.sleep(0)
+    assert not second.done()  # waiting for room, as aiormq's own put would
+    assert isinstance((await channel.frames.get())[1], Basic.ConsumeOk)
+    await asyncio.wait_for(second, 1)
+    assert isinstance((await channel.frames.get())[1], Basic.CancelOk)

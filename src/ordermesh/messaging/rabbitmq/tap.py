@@ -60,18 +60,27 @@ class DeliveryTap:
     # --- the queue's side that the connection's reader uses -----------------------------------
 
     async def put(self, item: tuple[int, Any]) -> None:
-        self.put_nowait(item)
+        passed = self._tap(item)
+        if passed is not None:
+            # aiormq bounds a channel's queue (10 frames): wait for room, as its reader would.
+            await self._queue.put(passed)
 
     def put_nowait(self, item: tuple[int, Any]) -> None:
+        passed = self._tap(item)
+        if passed is not None:
+            self._queue.put_nowait(passed)
+
+    def _tap(self, item: tuple[int, Any]) -> tuple[int, Any] | None:
+        """Take the frame if it belongs to a tapped delivery; otherwise what to pass on."""
         frame = item[1]
         if self._deliver is not None:
-            self._content(frame)
-        elif type(frame) is Basic.Deliver and frame.consumer_tag in self._consumers:
+            return self._content(frame)
+        if type(frame) is Basic.Deliver and frame.consumer_tag in self._consumers:
             self._deliver = frame
-        else:
-            self._queue.put_nowait(item)
+            return None
+        return item
 
-    def _content(self, frame: Any) -> None:
+    def _content(self, frame: Any) -> tuple[int, Any] | None:
         if self._header is None:
             if type(frame) is not ContentHeader:
                 return self._broken(frame)
@@ -83,6 +92,7 @@ class DeliveryTap:
             return self._broken(frame)
         if self._received >= self._header.body_size:
             self._complete()
+        return None
 
     def _complete(self) -> None:
         deliver, header, parts = self._deliver, self._header, self._parts
@@ -93,11 +103,11 @@ class DeliveryTap:
             body = parts[0] if len(parts) == 1 else b"".join(parts)
             on_delivery(DeliveredMessage(delivery=deliver, header=header, body=body, channel=self._channel))
 
-    def _broken(self, frame: Any) -> None:
+    def _broken(self, frame: Any) -> tuple[int, Any]:
         # Not the frames AMQP promises after a Basic.Deliver: drop the half delivery (unacked, the
         # broker redelivers it when the channel closes) and let aiormq's reader see the frame.
         self._deliver, self._header, self._parts, self._received = None, None, [], 0
-        self._queue.put_nowait((0, frame))
+        return (0, frame)
 
     # --- the side the channel's reader uses ---------------------------------------------------
 
