@@ -14,10 +14,11 @@ NO_STREAM = 0
 
 
 def new_event_id() -> str:
-    """A UUIDv7: time-ordered, so the events' unique index grows at its end instead of taking
-    random inserts, and made without a system call. The stdlib's ``uuid4`` reads ``os.urandom``
-    per id: 12 % of an SQLite append here (py-spy); uuid-utils builds a v7 in ~0.2 µs (and
-    Python's own ``uuid.uuid7`` arrives only in 3.14)."""
+    """A UUIDv7, made without a system call: the stdlib's ``uuid4`` reads ``os.urandom`` per
+    id, 12 % of an SQLite append here (py-spy); uuid-utils builds one in ~0.2 µs (Python's own
+    ``uuid.uuid7`` arrives only in 3.14). Time-ordered too, so ids sort the way events were
+    made, for anyone who indexes or compares them (the store keys events by stream and
+    version, not by id)."""
     return str(uuid_utils.uuid7())
 
 
