@@ -21,7 +21,7 @@ from collections.abc import Generator
 import uvicorn
 from rich.console import Console
 
-from ordermesh import tracing
+from ordermesh import tracing, tuning
 from ordermesh.config import Settings
 from ordermesh.eventstore.subscription import CheckpointStore, MemoryCheckpoints, SqlCheckpoints
 from ordermesh.http.auth import Tokens
@@ -165,9 +165,4 @@ def run_system(
         grpc_port or settings.grpc_port,
         console,
     )
-    try:
-        import uvloop
-
-        uvloop.run(main)
-    except ImportError:  # uvloop comes with uvicorn[standard]; plain asyncio works the same
-        asyncio.run(main)
+    tuning.serve(main)

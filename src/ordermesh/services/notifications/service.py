@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ordermesh import tracing
+from ordermesh import tracing, tuning
 from ordermesh.config import Settings
 from ordermesh.db import SqlDb, connect
 from ordermesh.errors import InfrastructureError
@@ -220,7 +220,7 @@ def main(env: Mapping[str, str] | None = None) -> int:
                 loop.remove_signal_handler(sig)
 
     try:
-        asyncio.run(serve())
+        tuning.serve(serve())
     except (InfrastructureError, ValueError) as exc:
         print(f"notifications: {exc}", file=sys.stderr)
         return 1
