@@ -36,6 +36,8 @@ from pamqp.exceptions import PAMQPException
 from pamqp.header import ContentHeader
 from pamqp.heartbeat import Heartbeat
 
+from ordermesh.messaging.rabbitmq.properties import LAYOUT
+
 READ_SIZE = 1 << 16
 _FRAME_END = 0xCE
 _FRAME_HEADER = struct.Struct(">BHI")
@@ -209,44 +211,24 @@ def _short_str(data: bytes, at: int) -> tuple[str, int]:
 
 
 def _properties(data: bytes, at: int, flags: int) -> commands.Basic.Properties:
-    """Basic.Properties in the order and with the types of the AMQP 0-9-1 spec; an absent
-    property is None (cluster_id ''), as pamqp leaves it."""
+    """Basic.Properties as laid out by ``properties.LAYOUT``; an absent property is None
+    (cluster_id ''), as pamqp leaves it."""
     p = _Properties.__new__(_Properties)
-    p.content_type = p.content_encoding = p.headers = p.delivery_mode = p.priority = None
-    p.correlation_id = p.reply_to = p.expiration = p.message_id = p.timestamp = None
-    p.message_type = p.user_id = p.app_id = None
-    p.cluster_id = ""
-    if flags & 0x8000:
-        p.content_type, at = _short_str(data, at)
-    if flags & 0x4000:
-        p.content_encoding, at = _short_str(data, at)
-    if flags & 0x2000:
-        p.headers, at = _table(data, at)
-    if flags & 0x1000:
-        p.delivery_mode = data[at]
-        at += 1
-    if flags & 0x0800:
-        p.priority = data[at]
-        at += 1
-    if flags & 0x0400:
-        p.correlation_id, at = _short_str(data, at)
-    if flags & 0x0200:
-        p.reply_to, at = _short_str(data, at)
-    if flags & 0x0100:
-        p.expiration, at = _short_str(data, at)
-    if flags & 0x0080:
-        p.message_id, at = _short_str(data, at)
-    if flags & 0x0040:
-        p.timestamp = _timestamp(_U64.unpack_from(data, at)[0])
-        at += 8
-    if flags & 0x0020:
-        p.message_type, at = _short_str(data, at)
-    if flags & 0x0010:
-        p.user_id, at = _short_str(data, at)
-    if flags & 0x0008:
-        p.app_id, at = _short_str(data, at)
-    if flags & 0x0004:
-        p.cluster_id, at = _short_str(data, at)
+    value: Any
+    for name, bit, kind in LAYOUT:
+        if not flags & bit:
+            value = "" if name == "cluster_id" else None
+        elif kind == "shortstr":
+            value, at = _short_str(data, at)
+        elif kind == "table":
+            value, at = _table(data, at)
+        elif kind == "octet":
+            value = data[at]
+            at += 1
+        else:  # timestamp
+            value = _timestamp(_U64.unpack_from(data, at)[0])
+            at += 8
+        setattr(p, name, value)
     return p
 
 

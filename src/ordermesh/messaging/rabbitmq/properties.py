@@ -19,8 +19,12 @@ from pamqp.commands import Basic
 
 _FLAG = struct.Struct(">H")
 _U32 = struct.Struct(">I")
-_SHORT_STRINGS = ("correlation_id", "reply_to", "expiration", "message_id")
-_LATE_SHORT_STRINGS = ("message_type", "user_id", "app_id", "cluster_id")
+# Basic.Properties on the wire, from pamqp's own definition: (name, flag bit, AMQP type) in the
+# order the properties follow their flags. The reader (``frames``) and the writer here use it.
+LAYOUT: tuple[tuple[str, int, str], ...] = tuple(
+    (name, Basic.Properties.flags[name], getattr(Basic.Properties, f"_{name}"))
+    for name in Basic.Properties.__slots__
+)
 
 
 def _present(value: Any) -> bool:
@@ -68,35 +72,20 @@ class WireProperties(Basic.Properties):
     def marshal(self) -> bytes:
         flags = 0
         parts: list[bytes] = []
-        if _present(self.content_type):
-            flags |= 0x8000
-            parts.append(_short(self.content_type))
-        if _present(self.content_encoding):
-            flags |= 0x4000
-            parts.append(_short(self.content_encoding))
-        if _present(self.headers):
-            flags |= 0x2000
-            parts.append(_table(self.headers))
-        if _present(self.delivery_mode):
-            flags |= 0x1000
-            parts.append(encode.octet(self.delivery_mode))  # type: ignore[arg-type]
-        if _present(self.priority):
-            flags |= 0x0800
-            parts.append(encode.octet(self.priority))  # type: ignore[arg-type]
-        for bit, name in zip((0x0400, 0x0200, 0x0100, 0x0080), _SHORT_STRINGS, strict=True):
+        for name, bit, kind in LAYOUT:
             value = getattr(self, name)
-            if _present(value):
-                flags |= bit
+            if not _present(value):
+                continue
+            flags |= bit
+            if kind == "shortstr":
                 parts.append(_short(value))
-        if _present(self.timestamp):
-            flags |= 0x0040
-            parts.append(encode.timestamp(self.timestamp))  # type: ignore[arg-type]
-        for bit, name in zip((0x0020, 0x0010, 0x0008, 0x0004), _LATE_SHORT_STRINGS, strict=True):
-            value = getattr(self, name)
-            if _present(value):
-                flags |= bit
-                parts.append(_short(value))
+            elif kind == "table":
+                parts.append(_table(value))
+            elif kind == "octet":
+                parts.append(encode.octet(value))
+            else:
+                parts.append(encode.timestamp(value))
         return _FLAG.pack(flags) + b"".join(parts)
 
 
-__all__ = ["WireProperties"]
+__all__ = ["LAYOUT", "WireProperties"]
