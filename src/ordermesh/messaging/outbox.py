@@ -26,15 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ordermesh.db import SqlDb, Tx, migrate
 from ordermesh.messaging import envelope
-from ordermesh.messaging.port import Broker, Message, MessagingError, Unroutable
-
-log = logging.getLogger(__name__)
+from ordermesh.messaging.port import Broker, Message, Unroutable
+from ordermesh.messaging.relay import retry_later
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS outbox_messages "
@@ -106,7 +104,8 @@ class SqlOutbox:
 
     async def unpark(self) -> int:
         """Make every parked message pending again; how many there were."""
-        count = len(await self.parked())
+        row = await self.db.fetchrow("SELECT count(*) FROM outbox_messages WHERE parked IS NOT NULL")
+        count = int(row[0]) if row else 0
         if count:
             await self.db.execute("UPDATE outbox_messages SET parked = NULL WHERE parked IS NOT NULL")
         return count
@@ -173,17 +172,7 @@ class OutboxPublisher:
                     await self.outbox.wait(poll_interval)
                 backoff, self.last_error = 0.1, None
             except Exception as exc:  # nothing is deleted unconfirmed: retrying is always safe
-                self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                expected = isinstance(exc, MessagingError | OSError)
-                log.warning(
-                    "outbox publisher: %s; retrying in %.1fs",
-                    self.last_error,
-                    backoff,
-                    exc_info=None if expected else exc,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = await retry_later(self, exc, backoff, "outbox publisher")
 
 
 __all__ = ["OutboxPublisher", "Outgoing", "SqlOutbox"]

@@ -30,6 +30,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ordermesh.db import SqlDb, migrate
 from ordermesh.eventstore.model import StoredEvent
@@ -113,6 +114,24 @@ def _envelope(message: Message, reason: str, position: int) -> str:
 def _parked(text: str) -> Parked:
     message, extra = envelope.loads(text)
     return Parked(message, extra["reason"], int(extra.get("position", 0)))
+
+
+class Retrying(Protocol):
+    failures: int
+    last_error: str | None
+
+
+async def retry_later(worker: Retrying, exc: Exception, backoff: float, what: str) -> float:
+    """Count and log ``worker``'s failure, wait ``backoff`` seconds; the next, doubled backoff.
+    The traceback is logged only for errors that are not the broker's or the network's."""
+    worker.failures += 1
+    worker.last_error = f"{type(exc).__name__}: {exc}"
+    expected = isinstance(exc, MessagingError | OSError)
+    log.warning(
+        "%s: %s; retrying in %.1fs", what, worker.last_error, backoff, exc_info=None if expected else exc
+    )
+    await asyncio.sleep(backoff)
+    return min(backoff * 2, 10.0)
 
 
 class OutboxRelay:
@@ -236,18 +255,7 @@ class OutboxRelay:
             except Exception as exc:
                 # Whatever failed, the checkpoint did not move: retrying publishes the same
                 # events again, so a relay never stops relaying (it is nobody's task to restart it).
-                self.failures += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                expected = isinstance(exc, MessagingError | OSError)
-                log.warning(
-                    "outbox relay %s: %s; retrying in %.1fs",
-                    self.name,
-                    self.last_error,
-                    backoff,
-                    exc_info=None if expected else exc,
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = await retry_later(self, exc, backoff, f"outbox relay {self.name}")
 
     async def status(self) -> RelayStatus:
         return RelayStatus(
