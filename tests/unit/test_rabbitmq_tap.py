@@ -30,6 +30,14 @@ def _delivery(tag: str, n: int, body: bytes, parts: int = 1) -> list[Any]:
     ]
 
 
+def _tapped(channel: Channel) -> tuple[DeliveryTap, list[DeliveredMessage]]:
+    """The channel's tap, with consumer "mine" tapped into the returned list."""
+    tap = DeliveryTap.on(channel)  # type: ignore[arg-type]
+    got: list[DeliveredMessage] = []
+    tap.add("mine", got.append)
+    return tap, got
+
+
 async def _feed(tap: Any, frames: list[Any]) -> None:
     for frame in frames:
         await tap.put((0, frame))
@@ -38,9 +46,7 @@ async def _feed(tap: Any, frames: list[Any]) -> None:
 async def test_deliveries_to_a_tapped_consumer_come_whole_and_in_order() -> None:
     channel = Channel()
     queue = channel.frames
-    tap = DeliveryTap.on(channel)  # type: ignore[arg-type]
-    got: list[DeliveredMessage] = []
-    tap.add("mine", got.append)
+    tap, got = _tapped(channel)
     await _feed(
         tap,
         _delivery("mine", 1, b'{"n":1}')
@@ -55,10 +61,8 @@ async def test_deliveries_to_a_tapped_consumer_come_whole_and_in_order() -> None
 async def test_other_frames_reach_the_channels_own_reader_in_order() -> None:
     channel = Channel()
     queue = channel.frames
-    tap = DeliveryTap.on(channel)  # type: ignore[arg-type]
-    assert DeliveryTap.on(channel) is tap  # one tap per channel
-    got: list[DeliveredMessage] = []
-    tap.add("mine", got.append)
+    tap, got = _tapped(channel)
+    assert DeliveryTap.on(channel) is tap  # type: ignore[arg-type]  # one tap per channel
     others = _delivery("theirs", 7, b"{}")
     await _feed(tap, [Basic.ConsumeOk("mine"), *others, *_delivery("mine", 1, b"{}"), Basic.CancelOk("x")])
     assert len(got) == 1
@@ -72,9 +76,7 @@ async def test_other_frames_reach_the_channels_own_reader_in_order() -> None:
 
 async def test_an_unexpected_frame_mid_delivery_drops_the_half_delivery_and_passes_on() -> None:
     channel = Channel()
-    tap = DeliveryTap.on(channel)  # type: ignore[arg-type]
-    got: list[DeliveredMessage] = []
-    tap.add("mine", got.append)
+    tap, got = _tapped(channel)
     deliver, header, _body = _delivery("mine", 1, b"{}")
     close = Basic.Cancel("mine")
     await _feed(tap, [deliver, header, close, *_delivery("mine", 2, b"{}")])
@@ -84,9 +86,7 @@ async def test_an_unexpected_frame_mid_delivery_drops_the_half_delivery_and_pass
 
 async def test_a_consumer_no_longer_tapped_gets_nothing() -> None:
     channel = Channel()
-    tap = DeliveryTap.on(channel)  # type: ignore[arg-type]
-    got: list[DeliveredMessage] = []
-    tap.add("mine", got.append)
+    tap, got = _tapped(channel)
     deliver, header, body = _delivery("mine", 1, b"{}")
     await _feed(tap, [deliver, header])
     tap.discard("mine")
@@ -97,9 +97,7 @@ async def test_a_consumer_no_longer_tapped_gets_nothing() -> None:
 async def test_a_full_channel_queue_makes_the_reader_wait_not_fail() -> None:
     channel = Channel()
     channel.frames = asyncio.Queue(maxsize=1)  # aiormq bounds it (10 frames)
-    tap = DeliveryTap.on(channel)  # type: ignore[arg-type]
-    got: list[DeliveredMessage] = []
-    tap.add("mine", got.append)
+    tap, _ = _tapped(channel)
     await tap.put((0, Basic.ConsumeOk("mine")))
     second = asyncio.create_task(tap.put((0, Basic.CancelOk("other"))))
     await asyncio.sleep(0)
