@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,8 @@ from fastapi import FastAPI
 from ordermesh.clock import Clock
 from ordermesh.config import Settings
 from ordermesh.http.auth import Tokens
+from ordermesh.messaging.memory import MemoryBroker
+from ordermesh.messaging.port import Delivery, Message
 from ordermesh.services.orders.app import create_order_app
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 
@@ -118,3 +120,38 @@ def assert_committed_document(committed: Path, current: str, how: str) -> None:
         pytest.fail(f"{name} differs from what the code generates: {how}.\n{shown}", pytrace=False)
     assert current.endswith("}\n") and current.isascii()
     assert current == json.dumps(json.loads(current), indent=2, sort_keys=True) + "\n"
+
+
+class Collector:
+    """A handler that keeps its deliveries; ``wait_for(n)`` waits for n of them without polling."""
+
+    def __init__(self) -> None:
+        self.got: list[Delivery] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, delivery: Delivery) -> None:
+        self.got.append(delivery)
+        self.changed.set()
+
+    async def wait_for(self, count: int) -> list[Delivery]:
+        async def until() -> None:
+            while len(self.got) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(until(), 10)
+        return self.got
+
+
+class FailsOnce(MemoryBroker):
+    """A memory broker whose first ``publish`` raises ``error`` and publishes nothing."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self._error: Exception | None = error
+
+    async def publish(self, exchange: str, messages: Sequence[Message]) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        await super().publish(exchange, messages)

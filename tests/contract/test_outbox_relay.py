@@ -18,6 +18,7 @@ from ordermesh.messaging.relay import OutboxRelay
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.outbox import EXCHANGE, OrderMessages
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
+from tests.helpers import Collector, FailsOnce
 
 LINES = [OrderLine("A", 2, 150)]
 
@@ -52,25 +53,6 @@ async def env(database_url: str) -> AsyncIterator[Env]:
         await db.close()
     await broker.close()
     await system.close()
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.got: list[Delivery] = []
-        self.changed = asyncio.Event()
-
-    async def __call__(self, d: Delivery) -> None:
-        self.got.append(d)
-        self.changed.set()
-
-    async def wait_for(self, n: int) -> list[Delivery]:
-        async def until() -> None:
-            while len(self.got) < n:
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(until(), 10)
-        return self.got
 
 
 async def test_every_order_event_becomes_one_message_in_order(env: Env) -> None:
@@ -274,20 +256,8 @@ def _figures(relay: OutboxRelay) -> dict[str, float]:
     }
 
 
-class Flaky(MemoryBroker):
-    """Fails its first publish with an error no adapter documents (a library's bare Exception)."""
-
-    failed = False
-
-    async def publish(self, exchange: str, messages: Sequence[Message]) -> None:
-        if not self.failed:
-            self.failed = True
-            raise RuntimeError("the client library failed in an unforeseen way")
-        await super().publish(exchange, messages)
-
-
 async def test_an_unforeseen_error_does_not_stop_the_relay(env: Env) -> None:
-    broker = Flaky()
+    broker = FailsOnce(RuntimeError("the client library failed in an unforeseen way"))
     await broker.declare_exchange(EXCHANGE)
     seen = Collector()
     await broker.subscribe("audit", EXCHANGE, ["order.#"], seen)

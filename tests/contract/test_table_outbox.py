@@ -12,26 +12,8 @@ import pytest
 from ordermesh.db import SqlDb, connect
 from ordermesh.messaging.memory import MemoryBroker
 from ordermesh.messaging.outbox import OutboxPublisher, SqlOutbox
-from ordermesh.messaging.port import Delivery, Message
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.got: list[Delivery] = []
-        self.changed = asyncio.Event()
-
-    async def __call__(self, delivery: Delivery) -> None:
-        self.got.append(delivery)
-        self.changed.set()
-
-    async def wait_for(self, count: int) -> list[Delivery]:
-        async def until() -> None:
-            while len(self.got) < count:
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(until(), 10)
-        return self.got
+from ordermesh.messaging.port import Message
+from tests.helpers import Collector, FailsOnce
 
 
 @dataclass
@@ -131,16 +113,7 @@ async def test_unroutable_messages_are_parked_and_the_rest_flows(env: Env) -> No
 
 
 async def test_run_publishes_on_wake_and_survives_a_failing_broker(env: Env) -> None:
-    class FlakyOnce(MemoryBroker):
-        failed = False
-
-        async def publish(self, exchange: str, messages: Sequence[Message]) -> None:
-            if not self.failed:
-                self.failed = True
-                raise ConnectionError("broker restarting")
-            await super().publish(exchange, messages)
-
-    flaky = FlakyOnce()
+    flaky = FailsOnce(ConnectionError("broker restarting"))
     await flaky.declare_exchange("inventory")
     seen = Collector()
     await flaky.subscribe("audit", "inventory", ["stock.#"], seen)
