@@ -12,11 +12,9 @@ stop, the read models stop, the database closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
-from collections.abc import Generator
 
 import uvicorn
 from rich.console import Console
@@ -25,6 +23,7 @@ from ordermesh import tracing, tuning
 from ordermesh.config import Settings
 from ordermesh.eventstore.subscription import CheckpointStore, MemoryCheckpoints, SqlCheckpoints
 from ordermesh.http.auth import Tokens
+from ordermesh.http.server import OwnedSignals
 from ordermesh.messaging import metrics as relay_metrics
 from ordermesh.messaging import open_broker
 from ordermesh.messaging.relay import OutboxRelay, ParkingLot
@@ -34,15 +33,6 @@ from ordermesh.services.orders.app import create_order_app
 from ordermesh.services.orders.grpc_api import SERVICE_NAME, OrderGrpcService
 from ordermesh.services.orders.outbox import EXCHANGE, RELAY_NAME, OrderMessages
 from ordermesh.services.orders.runtime import build_order_system
-
-
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: ``serve_all`` owns SIGINT/SIGTERM, so shutdown
-    can stop gRPC and close the database after HTTP has drained."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 async def serve_all(settings: Settings, host: str, http_port: int, grpc_port: int, console: Console) -> None:
@@ -79,7 +69,7 @@ async def serve_all(settings: Settings, host: str, http_port: int, grpc_port: in
     relay_metrics.register(app.state.metrics.registry, lambda: [relay])
     stop_relay = asyncio.Event()
     relay_task = asyncio.create_task(relay.run(stop_relay), name="outbox-relay")
-    http = _Uvicorn(uvicorn.Config(app, host=host, port=http_port, log_level="info", access_log=False))
+    http = OwnedSignals(uvicorn.Config(app, host=host, port=http_port, log_level="info", access_log=False))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: setattr(http, "should_exit", True))

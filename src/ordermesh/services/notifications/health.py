@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from ordermesh.errors import InfrastructureError
 from ordermesh.http.app import create_app
+from ordermesh.http.server import OwnedSignals
 
 if TYPE_CHECKING:
     from ordermesh.services.notifications.service import Notifications
@@ -87,19 +88,10 @@ def not_ready_reason(service: Notifications | None) -> str | None:
     return None
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handlers: ``main()`` owns SIGINT/SIGTERM, and the consumer
-    must drain before the endpoint goes away."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 class HealthServer:
     """The endpoint serving in a task on the running loop; ``await stop()`` ends it."""
 
-    def __init__(self, server: _Uvicorn, task: asyncio.Task[None], host: str, port: int) -> None:
+    def __init__(self, server: OwnedSignals, task: asyncio.Task[None], host: str, port: int) -> None:
         self._server, self._task, self.port = server, task, port
         local = "127.0.0.1" if host in ("", "0.0.0.0") else f"[{host}]" if ":" in host else host
         self.url = f"http://{local}:{port}"
@@ -147,7 +139,7 @@ async def start_health_server(app: FastAPI, port: int, host: str = HOST) -> Heal
         lifespan="off",
         timeout_graceful_shutdown=5,
     )
-    server = _Uvicorn(config)
+    server = OwnedSignals(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="notifications-http")
     try:
         # uvicorn offers a flag, not an event; startup is a few milliseconds (no lifespan).
