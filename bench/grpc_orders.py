@@ -41,8 +41,8 @@ import grpc
 import orjson
 
 from bench.common import Figure, print_figures
+from ordermesh.auth import Tokens
 from ordermesh.config import Settings
-from ordermesh.http.auth import Tokens
 from ordermesh.orders.v1 import orders_pb2 as pb
 from ordermesh.orders.v1 import orders_pb2_grpc as pb_grpc
 from ordermesh.services.orders.domain import OrderAggregate

@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 
 from bench.common import Figure, print_figures
+from ordermesh.auth import Tokens
 from ordermesh.config import Settings
-from ordermesh.http.auth import Tokens
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import build_order_system
 from ordermesh.tuning import tune_gc

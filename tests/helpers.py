@@ -16,9 +16,9 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from ordermesh.auth import Tokens
 from ordermesh.clock import Clock
 from ordermesh.config import Settings
-from ordermesh.http.auth import Tokens
 from ordermesh.messaging.memory import MemoryBroker
 from ordermesh.messaging.port import Delivery, Message
 from ordermesh.services.orders.app import create_order_app

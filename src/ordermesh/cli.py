@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from ordermesh.config import Settings
-from ordermesh.errors import OrdermeshError
-from ordermesh.http.auth import Tokens
+from ordermesh.auth import Tokens
+from ordermesh.config import ServiceName, Settings
+from ordermesh.errors import ConfigError, OrdermeshError
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 
@@ -43,8 +43,11 @@ def _run_async(main: Coroutine[Any, Any, T]) -> T:
     message says how to start it) is a one-line error and exit 1, not a traceback."""
     try:
         return asyncio.run(main)
+    except ConfigError as exc:  # a malformed ORDERMESH_* value: a usage error
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     except OrdermeshError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(1) from exc
 
 
@@ -52,7 +55,7 @@ def _run(work: Callable[[OrderSystem], Awaitable[T]]) -> T:
     """Build the order system on the configured database, run ``work``, close, map errors."""
 
     async def main() -> T:
-        settings = Settings.from_env()
+        settings = _settings()
         system = await build_order_system(settings.effective_database_url)
         try:
             return await work(system)
@@ -70,10 +73,32 @@ def up(
         int | None, typer.Option(help="gRPC port (ORDERMESH_GRPC_PORT, default 50051)")
     ] = None,
 ) -> None:
-    """Run the system in the foreground with embedded defaults; Ctrl-C stops it cleanly."""
+    """Run all five services as supervised processes with embedded defaults; Ctrl-C stops them."""
     from ordermesh.runner import run_system
 
-    run_system(Settings.from_env(), host, port, grpc_port, console)
+    raise typer.Exit(run_system(_settings(), host, port, grpc_port, console))
+
+
+def _settings() -> Settings:
+    """The settings of the environment; a bad value is one line and exit 2 (a usage error)."""
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command("run")
+def run_service(
+    name: Annotated[
+        ServiceName, typer.Argument(help="orders, payments, inventory, shipping or notifications")
+    ],
+) -> None:
+    """Run one service in the foreground, configured by the environment (the defaults of `up`)."""
+    from ordermesh import catalog
+    from ordermesh.kit.process import main as run_main
+
+    raise typer.Exit(run_main(catalog.spec(name)))
 
 
 @app.command()
@@ -83,7 +108,7 @@ def token(
 ) -> None:
     """Print a development bearer token for USER_ID (signed with ORDERMESH_JWT_SECRET)."""
     try:
-        value = Tokens(Settings.from_env()).issue(user_id, ttl=timedelta(hours=ttl_hours))
+        value = Tokens(_settings()).issue(user_id, ttl=timedelta(hours=ttl_hours))
     except OrdermeshError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -161,7 +186,7 @@ def order_watch(
 
     if (user is None) == (order is None):
         raise typer.BadParameter("give exactly one of --user or --order")
-    settings = Settings.from_env()
+    settings = _settings()
     if token is None:
         if user is None:
             raise typer.BadParameter("--order needs --token (the owner's)")
@@ -247,11 +272,9 @@ def projections_list() -> None:
 
 dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
 outbox_app = typer.Typer(help="The order service's outbox relay.", no_args_is_help=True)
-run_app = typer.Typer(help="Run one service in the foreground.", no_args_is_help=True)
 mail_app = typer.Typer(help="The embedded mail sink.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(outbox_app, name="outbox")
-app.add_typer(run_app, name="run")
 app.add_typer(mail_app, name="mail")
 
 
@@ -348,7 +371,7 @@ async def _open_configured_broker() -> Broker:
     """The broker of ``ORDERMESH_BROKER_URL``; a malformed URL is a usage error, not a traceback."""
     from ordermesh.messaging import open_broker
 
-    url = Settings.from_env().effective_broker_url
+    url = _settings().effective_broker_url
     try:
         return await open_broker(url)
     except ValueError as exc:
@@ -426,14 +449,6 @@ def outbox_replay() -> None:
         raise typer.Exit(1)
 
 
-@run_app.command("notifications")
-def run_notifications_command() -> None:
-    """The notification service: order events in, email out (ORDERMESH_BROKER_URL, ORDERMESH_SMTP_URL)."""
-    from ordermesh.services.notifications.service import main as notifications_main
-
-    raise typer.Exit(notifications_main())
-
-
 @mail_app.command("list")
 def mail_list(
     as_json: Annotated[
@@ -446,7 +461,7 @@ def mail_list(
     from ordermesh import tracing
     from ordermesh.services.notifications.sink import list_mail
 
-    settings = Settings.from_env()
+    settings = _settings()
     mails = list_mail(settings.data_dir / "mail.jsonl")
     if as_json:
         for m in mails:

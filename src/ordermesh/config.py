@@ -1,33 +1,142 @@
-"""Settings from the environment; every name here is public contract."""
+"""Settings from the environment: one model, every ``ORDERMESH_*`` variable; each name is public
+contract.
+
+Every service process, the supervisor and the CLI read the same :class:`Settings`. A bad value
+fails at start with one line naming the variable and what it expects (:func:`load`), and the
+README's settings table is generated from the field descriptions (:func:`markdown_table`; a
+test fails when the README drifts from it).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ordermesh.errors import ConfigError
 
 DEV_JWT_SECRET = "ordermesh-development-secret-change-me"
+ENV_PREFIX = "ORDERMESH_"
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+ServiceName = Literal["orders", "payments", "inventory", "shipping", "notifications"]
+SERVICES: tuple[ServiceName, ...] = ("orders", "payments", "inventory", "shipping", "notifications")
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    data_dir: Path = field(default_factory=lambda: Path(".ordermesh"))
-    database_url: str = ""
-    jwt_secret: str = DEV_JWT_SECRET
-    jwt_issuer: str = "ordermesh"
-    jwt_audience: str = "ordermesh-api"
-    http_host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 50051
-    snapshot_every: int = 100
-    broker_url: str = ""
-    smtp_url: str = ""
-    mail_sink_port: int = 8025
-    notifications_http_port: int = 8001  # 0: the notification service serves no HTTP
+class Settings(BaseSettings):
+    """What a deployment sets. Field docs become the README table (``markdown_table``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="ignore", validate_default=True, populate_by_name=True
+    )
+
+    data_dir: Path = Field(Path(".ordermesh"), description="where embedded data lives (SQLite files, mail)")
+    database_url: str = Field(
+        "",
+        description="`postgresql://…` puts every service in its own schema of that database "
+        "(`orders`, `payments`, …; with `?search_path=P`: `P_orders`, …); unset: a SQLite file "
+        "per service in the data dir",
+    )
+    orders_database_url: str = Field("", description="the order service's own database (overrides the above)")
+    payments_database_url: str = Field("", description="the payment service's own database")
+    inventory_database_url: str = Field("", description="the inventory service's own database")
+    shipping_database_url: str = Field("", description="the shipping service's own database")
+    notifications_database_url: str = Field("", description="the notification service's inbox database")
+    broker_url: str = Field(
+        "",
+        description="`amqp://…` selects RabbitMQ (`?prefix=`, `?quorum=1`, `&delivery_limit=20`); "
+        "unset: the embedded broker (a SQLite file in the data dir; `?delivery_limit=20`)",
+    )
+    jwt_secret: str = Field(
+        DEV_JWT_SECRET,
+        description="HS256 signing secret (unset: a development default that `make up` announces)",
+    )
+    jwt_issuer: str = Field("ordermesh", description="`iss` of issued tokens, checked on every call")
+    jwt_audience: str = Field("ordermesh-api", description="`aud` of issued tokens, checked on every call")
+    http_host: str = Field(
+        "127.0.0.1", description="the interface every listener binds (`0.0.0.0` in a container)"
+    )
+    http_port: Port = Field(8000, description="the order service's REST API")
+    grpc_port: Port = Field(50051, description="the order service's gRPC API")
+    notifications_http_port: Port = Field(
+        8001, description="the notification service's `/livez`, `/readyz`, `/metrics` (0: none)"
+    )
+    payments_http_port: Port = Field(
+        8002, description="the payment service's `/livez`, `/readyz`, `/metrics`"
+    )
+    payments_grpc_port: Port = Field(50052, description="the payment service's gRPC API")
+    shipping_http_port: Port = Field(8003, description="the shipping service's REST API")
+    inventory_http_port: Port = Field(
+        8004, description="the inventory service's `/livez`, `/readyz`, `/metrics`"
+    )
+    inventory_grpc_port: Port = Field(50053, description="the inventory service's gRPC API")
+    snapshot_every: int = Field(100, ge=1, description="events between order snapshots")
+    smtp_url: str = Field(
+        "", description="`smtp://host:port`; unset: the embedded mail sink that `make up` starts"
+    )
+    mail_sink_port: Port = Field(8025, description="the embedded mail sink's SMTP port")
+    mail_from: str = Field(
+        "ordermesh <orders@ordermesh.local>", description="sender of the notification mails"
+    )
+    payment_limit: int = Field(
+        100000, ge=0, description="the simulated provider declines payments above this (minor units)"
+    )
+    payment_latency: float = Field(0.0, ge=0, description="the simulated provider's latency, in seconds")
+    payment_error_rate: float = Field(
+        0.0, ge=0, le=1, description="the share of calls the simulated provider fails (0 to 1)"
+    )
+
+    @field_validator(
+        "database_url",
+        "orders_database_url",
+        "payments_database_url",
+        "inventory_database_url",
+        "shipping_database_url",
+        "notifications_database_url",
+    )
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql://", "postgres://", "sqlite:///", "memory://")):
+            raise ValueError("expected postgresql://…, sqlite:///PATH or memory://")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        if value and not value.startswith(("amqp://", "amqps://", "sqlite:///", "memory://")):
+            raise ValueError("expected amqp://…, sqlite:///PATH or memory://")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp(cls, value: str) -> str:
+        if value and not value.startswith(("smtp://", "smtps://")):
+            raise ValueError("expected smtp://host:port")
+        return value
+
+    def service_database_url(self, service: str) -> str:
+        """The service's own database: its ``ORDERMESH_<SERVICE>_DATABASE_URL``; else, with
+        ``ORDERMESH_DATABASE_URL`` on PostgreSQL, a schema of that database named after the service
+        (the kit creates it); else a SQLite file ``<service>.db`` in the data dir."""
+        own: str = getattr(self, f"{service}_database_url", "")
+        if own:
+            return own
+        shared = self.database_url
+        if shared.startswith(("postgresql://", "postgres://")):
+            return with_schema(shared, service)
+        if shared:
+            return shared  # memory:// (tests) or one explicit SQLite file
+        return f"sqlite:///{(self.data_dir / f'{service}.db').resolve()}"
 
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'orders.db').resolve()}"
+        """The order service's database (kept for the order service's callers)."""
+        return self.service_database_url("orders")
 
     @property
     def effective_broker_url(self) -> str:
@@ -44,18 +153,51 @@ class Settings:
         return self.jwt_secret == DEV_JWT_SECRET
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        e = dict(os.environ if env is None else env)
-        return cls(
-            data_dir=Path(e.get("ORDERMESH_DATA_DIR", ".ordermesh")),
-            database_url=e.get("ORDERMESH_DATABASE_URL", ""),
-            jwt_secret=e.get("ORDERMESH_JWT_SECRET") or DEV_JWT_SECRET,
-            http_host=e.get("ORDERMESH_HTTP_HOST", "127.0.0.1"),
-            http_port=int(e.get("ORDERMESH_HTTP_PORT", "8000")),
-            grpc_port=int(e.get("ORDERMESH_GRPC_PORT", "50051")),
-            snapshot_every=int(e.get("ORDERMESH_SNAPSHOT_EVERY", "100")),
-            broker_url=e.get("ORDERMESH_BROKER_URL", ""),
-            smtp_url=e.get("ORDERMESH_SMTP_URL", ""),
-            mail_sink_port=int(e.get("ORDERMESH_MAIL_SINK_PORT", "8025")),
-            notifications_http_port=int(e.get("ORDERMESH_NOTIFICATIONS_HTTP_PORT", "8001")),
-        )
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``env`` (default: the process environment); ``ConfigError`` names the first bad
+        variable and what it expects."""
+        return load(env)
+
+
+def with_schema(url: str, service: str) -> str:
+    """``url`` with ``search_path`` set to the service's schema (``P_service`` where the URL
+    already names a search path ``P``)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    prefix = next((v for k, v in query if k == "search_path"), "")
+    schema = f"{prefix}_{service}" if prefix else service
+    query = [(k, v) for k, v in query if k != "search_path"] + [("search_path", schema)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def schema_of(url: str) -> str | None:
+    """The ``search_path`` a PostgreSQL URL selects, if any."""
+    return next((v for k, v in parse_qsl(urlsplit(url).query) if k == "search_path"), None)
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (default: ``os.environ``); empty variables count as unset."""
+    source = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = source.get(ENV_PREFIX + name.upper())
+        if raw:
+            values[name] = raw
+    try:
+        # Values are passed in, not read again from the environment: ``env`` is the whole truth.
+        return Settings.model_validate(values, context=None, by_name=True)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        variable = ENV_PREFIX + name.upper()
+        raise ConfigError(f"{variable}={values.get(name, '')!r}: {error['msg']}", variable) from exc
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from the fields."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default in ("", None) else f"`{default}`"
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows) + "\n"

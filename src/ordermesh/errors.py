@@ -15,7 +15,8 @@ domain code never knows HTTP or gRPC::
     ├── IdempotencyError
     │   ├── IdempotencyKeyInUse  the same key is still being processed       -> 409 / ABORTED
     │   └── IdempotencyKeyReused the same key came with a different request  -> 422 / INVALID_ARGUMENT
-    └── InfrastructureError      a database or broker is unreachable         -> 503 / UNAVAILABLE
+    ├── InfrastructureError      a database or broker is unreachable         -> 503 / UNAVAILABLE
+    └── ConfigError              a setting (ORDERMESH_*) is malformed        -> one line at start, exit 1
 """
 
 from __future__ import annotations
@@ -87,3 +88,12 @@ class IdempotencyKeyReused(IdempotencyError):
 
 class InfrastructureError(OrdermeshError):
     """A backing service (database, broker) failed or is unreachable."""
+
+
+class ConfigError(OrdermeshError):
+    """A setting is malformed or unusable (a bad ``ORDERMESH_*`` value, a port in use); the
+    message names the variable and what it expects, and the process exits 1 at start."""
+
+    def __init__(self, message: str, variable: str = "") -> None:
+        super().__init__(message)
+        self.variable = variable

@@ -1,4 +1,4 @@
-"""The notification service's /livez, /readyz and /metrics, served on the consumer's event loop."""
+"""The notification service's /livez, /readyz and /metrics, as the kit serves them."""
 
 from __future__ import annotations
 
@@ -12,21 +12,20 @@ import aiohttp
 import pytest
 
 from ordermesh.config import Settings
+from ordermesh.kit.process import main
+from ordermesh.kit.testing import running
 from ordermesh.messaging import open_broker
 from ordermesh.messaging.memory import MemoryBroker
 from ordermesh.messaging.port import Message
 from ordermesh.services.notifications import (
     MailSink,
-    Notifications,
     SmtpMailer,
     open_inbox,
-    run_notifications,
     start_mail_sink,
     start_notifications,
 )
-from ordermesh.services.notifications.health import create_health_app, start_health_server
-from ordermesh.services.notifications.service import http_port_from, main
-from tests.helpers import free_port
+from ordermesh.services.notifications.health import not_ready_reason
+from ordermesh.services.notifications.spec import SPEC
 from tests.integration.test_notifications import FAST, order
 
 Answer = tuple[int, Any]  # status and parsed JSON, or (0, error) when nothing answers
@@ -74,91 +73,66 @@ def shows(*lines: str) -> Callable[[Answer], bool]:
     return lambda answer: answer[0] == 200 and all(line in answer[1].splitlines() for line in lines)
 
 
-async def test_run_notifications_serves_probes_and_counts_mail(
+async def test_the_service_serves_probes_and_counts_mail(
     sink: MailSink, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     broker_url = f"sqlite:///{tmp_path / 'mq.db'}"
-    stop = asyncio.Event()
-    smtp = f"smtp://127.0.0.1:{sink.port}"
-    service = asyncio.create_task(
-        run_notifications(broker_url, smtp, tmp_path / "data", stop, retry=FAST, http_port=port)
+    settings = Settings(
+        data_dir=tmp_path / "data", broker_url=broker_url, smtp_url=f"smtp://127.0.0.1:{sink.port}"
     )
     publisher = await open_broker(broker_url)
     try:
-        ready = await until(http, f"{url}/readyz", lambda a: a[0] == 200 or service.done())
-        assert ready == (200, {"status": "ok"}), service.result() if service.done() else ready
-        assert await get(http, f"{url}/livez") == (200, {"status": "ok"})
+        async with running(SPEC, settings) as service:
+            url = service.http_url
+            assert await get(http, f"{url}/readyz") == (200, {"status": "ok"})
+            assert await get(http, f"{url}/livez") == (200, {"status": "ok"})
 
-        created = Message.json("order.created", order("o-1"))
-        await publisher.publish("orders", [created])
-        await until(http, f"{url}/metrics", shows("ordermesh_notifications_sent_total 1.0"))
-        await publisher.publish("orders", [created])  # the same message again, as after a lost ack
-        _, metrics = await until(
-            http, f"{url}/metrics", shows("ordermesh_notifications_duplicates_total 1.0")
-        )
-        assert {
-            "ordermesh_notifications_sent_total 1.0",
-            "ordermesh_notifications_ignored_total 0.0",
-            "ordermesh_notifications_smtp_failures_total 0.0",
-        } <= set(metrics.splitlines())
-        assert "# TYPE ordermesh_notifications_sent_total counter" in metrics
-        # Every delivery counted and timed per queue (the duplicate too: the handler ran, fine).
-        handled = 'ordermesh_messages_handled_total{outcome="ok",queue="notifications.order_created"} 2.0'
-        timed = 'ordermesh_message_handling_seconds_count{queue="notifications.order_created"} 2.0'
-        assert {handled, timed} <= set(metrics.splitlines())
-        assert len(sink.received) == 1
-
-        stop.set()
-        await asyncio.wait_for(service, 10)  # consumers drained, then the endpoint closed
+            created = Message.json("order.created", order("o-1"))
+            await publisher.publish("orders", [created])
+            await until(http, f"{url}/metrics", shows("ordermesh_notifications_sent_total 1.0"))
+            await publisher.publish("orders", [created])  # the same message again, as after a lost ack
+            _, metrics = await until(
+                http, f"{url}/metrics", shows("ordermesh_notifications_duplicates_total 1.0")
+            )
+            assert {
+                "ordermesh_notifications_sent_total 1.0",
+                "ordermesh_notifications_ignored_total 0.0",
+                "ordermesh_notifications_smtp_failures_total 0.0",
+            } <= set(metrics.splitlines())
+            assert "# TYPE ordermesh_notifications_sent_total counter" in metrics
+            # Every delivery counted and timed per queue (the duplicate too: the handler ran, fine).
+            handled = 'ordermesh_messages_handled_total{outcome="ok",queue="notifications.order_created"} 2.0'
+            timed = 'ordermesh_message_handling_seconds_count{queue="notifications.order_created"} 2.0'
+            assert {handled, timed} <= set(metrics.splitlines())
+            assert len(sink.received) == 1
+            # The inbox is the service's own database, in the data dir.
+            assert (tmp_path / "data" / "notifications.db").exists()
+        # consumers drained, then the endpoint closed
         status, error = await get(http, f"{url}/livez")
         assert status == 0 and isinstance(error, aiohttp.ClientConnectorError)
     finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(service, return_exceptions=True), 10)
         await publisher.close()
 
 
-async def test_readyz_follows_the_consumer_from_connecting_to_stopping(
-    sink: MailSink, http: aiohttp.ClientSession, tmp_path: Path
+async def test_readiness_follows_the_consumer_from_subscribing_to_stopping(
+    sink: MailSink, tmp_path: Path
 ) -> None:
     broker = MemoryBroker(duplicate_every=1)  # every message delivered twice
     await broker.declare_exchange("orders")
-    service: Notifications | None = None
-    server = await start_health_server(create_health_app(lambda: service), free_port())
     inbox, db = await open_inbox(tmp_path)
+    mailer = SmtpMailer(f"smtp://127.0.0.1:{sink.port}", timeout=5)
     try:
-        status, problem = await get(http, f"{server.url}/readyz")
-        assert status == 503 and problem["detail"] == (
-            "notifications: not consuming yet (connecting to the broker)"
-        )
-        assert await get(http, f"{server.url}/livez") == (200, {"status": "ok"})
-        _, metrics = await get(http, f"{server.url}/metrics")
-        assert "ordermesh_notifications_sent_total 0.0" in metrics.splitlines()
-
-        mailer = SmtpMailer(f"smtp://127.0.0.1:{sink.port}", timeout=5)
+        assert not_ready_reason(None) == "not consuming yet (connecting to the broker)"
         service = await start_notifications(broker, mailer, inbox, retry=FAST)
-        assert await get(http, f"{server.url}/readyz") == (200, {"status": "ok"})
+        assert not_ready_reason(service) is None
         await broker.publish("orders", [Message.json("order.created", order("o-2"))])
-        await until(
-            http,
-            f"{server.url}/metrics",
-            shows("ordermesh_notifications_sent_total 1.0", "ordermesh_notifications_duplicates_total 1.0"),
-        )
-
+        deadline = asyncio.get_running_loop().time() + 10
+        while (service.handler.sent, service.handler.duplicates) != (1, 1):
+            assert asyncio.get_running_loop().time() < deadline, "the mail and its duplicate were not handled"
+            await asyncio.sleep(0.01)
         await service.stop()
-        status, problem = await get(http, f"{server.url}/readyz")
-        assert (status, problem["detail"]) == (503, "notifications: stopping, no longer consuming")
-        assert problem["type"] == "https://ordermesh.dev/problems/unavailable"
-
-        await server.stop()
-        status, error = await get(http, f"{server.url}/readyz")
-        assert status == 0 and isinstance(error, aiohttp.ClientConnectorError)
+        assert not_ready_reason(service) == "stopping, no longer consuming"
     finally:
-        if service is not None:
-            await service.stop()
-        await server.stop()
         await db.close()
         await broker.close()
 
@@ -173,25 +147,21 @@ class Unplugged(MemoryBroker):
         return self.up
 
 
-async def test_readyz_fails_while_the_broker_connection_is_down(
-    sink: MailSink, http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
+async def test_not_ready_while_the_broker_connection_is_down(sink: MailSink, tmp_path: Path) -> None:
     broker = Unplugged()
     await broker.declare_exchange("orders")
     inbox, db = await open_inbox(tmp_path)
     mailer = SmtpMailer(f"smtp://127.0.0.1:{sink.port}", timeout=5)
     service = await start_notifications(broker, mailer, inbox, retry=FAST)
-    server = await start_health_server(create_health_app(lambda: service), free_port())
     try:
-        assert await get(http, f"{server.url}/readyz") == (200, {"status": "ok"})
+        assert not_ready_reason(service) is None
         broker.up = False
-        status, problem = await get(http, f"{server.url}/readyz")
-        assert status == 503 and "broker connection is down" in problem["detail"]
+        reason = not_ready_reason(service)
+        assert reason is not None and "broker connection is down" in reason
         broker.up = True
-        assert await get(http, f"{server.url}/readyz") == (200, {"status": "ok"})
+        assert not_ready_reason(service) is None
     finally:
         await service.stop()
-        await server.stop()
         await db.close()
         await broker.close()
 
@@ -202,41 +172,38 @@ def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.Cap
         taken.listen()
         port = int(taken.getsockname()[1])
         code = main(
+            SPEC,
             {
                 "ORDERMESH_BROKER_URL": f"sqlite:///{tmp_path / 'mq.db'}",
                 "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
                 "ORDERMESH_NOTIFICATIONS_HTTP_PORT": str(port),
-            }
+            },
         )
     err = capsys.readouterr().err
     assert code == 1
-    assert err.startswith(f"notifications: cannot serve /livez, /readyz and /metrics on 127.0.0.1:{port}: ")
-    assert "ORDERMESH_NOTIFICATIONS_HTTP_PORT" in err and err.count("\n") == 1, err
+    assert err.startswith(f"notifications: cannot listen on 127.0.0.1:{port} ")
+    assert "set ORDERMESH_NOTIFICATIONS_HTTP_PORT to a free port" in err and err.count("\n") == 1, err
     assert not (tmp_path / "data").exists()  # failed before it opened its inbox or consumed
 
 
 @pytest.mark.parametrize("raw", ["http", "-1", "65536"])
-def test_a_bad_port_setting_is_a_usage_error(raw: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_port_setting_is_one_line_and_exit_1(raw: str, capsys: pytest.CaptureFixture[str]) -> None:
     env = {"ORDERMESH_BROKER_URL": "memory://", "ORDERMESH_NOTIFICATIONS_HTTP_PORT": raw}
-    assert main(env) == 2
-    assert (
-        f"ORDERMESH_NOTIFICATIONS_HTTP_PORT must be a port number (0-65535; 0: no HTTP endpoint), not {raw!r}"
-        in (capsys.readouterr().err)
-    )
+    assert main(SPEC, env) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"notifications: ORDERMESH_NOTIFICATIONS_HTTP_PORT={raw!r}: "), err
+    assert err.count("\n") == 1
 
 
-def test_the_port_setting_defaults_to_8001_and_0_turns_it_off() -> None:
-    assert http_port_from({}) == Settings().notifications_http_port == 8001
-    assert http_port_from({"ORDERMESH_NOTIFICATIONS_HTTP_PORT": ""}) == 8001
-    assert http_port_from({"ORDERMESH_NOTIFICATIONS_HTTP_PORT": "0"}) == 0
+def test_the_port_setting_defaults_to_8001() -> None:
+    assert Settings.from_env({}).notifications_http_port == 8001
+    assert Settings.from_env({"ORDERMESH_NOTIFICATIONS_HTTP_PORT": ""}).notifications_http_port == 8001
     assert Settings.from_env({"ORDERMESH_NOTIFICATIONS_HTTP_PORT": "9101"}).notifications_http_port == 9101
 
 
-async def test_the_endpoint_binds_the_host_it_is_given(http: aiohttp.ClientSession) -> None:
+async def test_the_endpoint_binds_the_host_it_is_given(http: aiohttp.ClientSession, tmp_path: Path) -> None:
     # 0.0.0.0, as in a container whose probes come from outside: reachable on the loopback too.
-    server = await start_health_server(create_health_app(lambda: None), free_port(), "0.0.0.0")
-    try:
-        assert server.url.startswith("http://127.0.0.1:")
-        assert await get(http, f"{server.url}/livez") == (200, {"status": "ok"})
-    finally:
-        await server.stop()
+    settings = Settings(http_host="0.0.0.0", data_dir=tmp_path, broker_url="memory://")
+    async with running(SPEC, settings) as service:
+        assert service.http_url.startswith("http://127.0.0.1:")
+        assert await get(http, f"{service.http_url}/livez") == (200, {"status": "ok"})

@@ -18,8 +18,8 @@ from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry
 
 from ordermesh import errors
+from ordermesh.auth import Tokens
 from ordermesh.config import Settings
-from ordermesh.http.auth import Tokens
 from ordermesh.orders.v1 import orders_pb2 as pb
 from ordermesh.orders.v1 import orders_pb2_grpc as pb_grpc
 from ordermesh.rpc.context import current_principal, remaining_seconds

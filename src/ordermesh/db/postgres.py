@@ -59,6 +59,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+def _search_path(url: str) -> str | None:
+    """The one schema a URL's ``search_path`` names (None for none, or for a list)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    path = next((v for k, v in parse_qsl(urlsplit(url).query) if k == "search_path"), "")
+    name = path.strip().strip('"')
+    return name if name and name.replace("_", "").isalnum() else None
+
+
 class PostgresDb:
     dialect: Dialect = "postgres"
 
@@ -75,7 +84,18 @@ class PostgresDb:
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise InfrastructureError(f"cannot connect to PostgreSQL at {url}: {exc}") from exc
-        return cls(url, pool)
+        db = cls(url, pool)
+        schema = _search_path(url)
+        if schema:
+            await db._create_schema(schema)
+        return db
+
+    async def _create_schema(self, schema: str) -> None:
+        """A service's own schema (database per service, one server): created on first start.
+        Two services starting at once would race ``IF NOT EXISTS``; the advisory lock orders them."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(7355609)")
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
 
     async def execute(self, sql: str, *args: Any) -> None:
         await self._pool.execute(sql, *args)

@@ -10,12 +10,17 @@ import shutil
 import sys
 from pathlib import Path
 
-PROTOS = ["ordermesh/orders/v1/orders.proto"]
+
+def protos(proto_root: Path) -> list[str]:
+    """Every ``.proto`` under ``proto_root``, relative to it (each service adds its own)."""
+    return sorted(p.relative_to(proto_root).as_posix() for p in proto_root.rglob("*.proto"))
 
 
 def generate(proto_root: Path, out: Path) -> list[Path]:
     """Write the generated modules for every proto under ``out``; return their paths."""
     from grpc_tools import protoc  # a dev dependency: generation is a development task
+
+    found = protos(proto_root)
 
     include = Path(protoc.__file__).parent / "_proto"
     plugin_dir = Path(sys.executable).parent
@@ -29,12 +34,12 @@ def generate(proto_root: Path, out: Path) -> list[Path]:
         f"--plugin=protoc-gen-mypy_grpc={shutil.which('protoc-gen-mypy_grpc', path=str(plugin_dir))}",
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
-        *(str(proto_root / p) for p in PROTOS),
+        *(str(proto_root / p) for p in found),
     ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed: " + " ".join(args))
     generated = []
-    for proto in PROTOS:
+    for proto in found:
         stem = out / proto.removesuffix(".proto")
         generated += [
             Path(f"{stem}{suffix}") for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")

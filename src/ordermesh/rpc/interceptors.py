@@ -32,8 +32,8 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ordermesh import tracing
+from ordermesh.auth import Tokens
 from ordermesh.errors import FieldViolation, Unauthenticated, ValidationError
-from ordermesh.http.auth import Tokens
 from ordermesh.rpc.context import principal_or_none, set_deadline, set_principal
 from ordermesh.rpc.status import to_grpc_status
 

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped, unused-ignore]
 from prometheus_client import CollectorRegistry
 
-from ordermesh.http.auth import Tokens
+from ordermesh.auth import Tokens
 from ordermesh.rpc.interceptors import CallInterceptor
 
 HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name

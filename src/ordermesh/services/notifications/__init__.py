@@ -7,9 +7,7 @@ from ordermesh.services.notifications.mailer import Mail, Mailer, MailUnavailabl
 from ordermesh.services.notifications.service import (
     QUEUES,
     Notifications,
-    main,
     open_inbox,
-    run_notifications,
     start_notifications,
 )
 from ordermesh.services.notifications.sink import MailSink, ReceivedMail, list_mail, start_mail_sink
@@ -26,9 +24,7 @@ __all__ = [
     "ReceivedMail",
     "SmtpMailer",
     "list_mail",
-    "main",
     "open_inbox",
-    "run_notifications",
     "start_mail_sink",
     "start_notifications",
 ]

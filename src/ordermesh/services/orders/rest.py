@@ -10,12 +10,12 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from starlette.responses import Response
 
+from ordermesh.auth import Tokens
 from ordermesh.errors import (
     FieldViolation,
     Unauthenticated,
     ValidationError,
 )
-from ordermesh.http.auth import Tokens
 from ordermesh.http.problems import PROBLEM, documented
 from ordermesh.services.orders.commands import create_order_outcome
 from ordermesh.services.orders.events import OrderLine

@@ -13,9 +13,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from ordermesh.auth import check_user_id
 from ordermesh.errors import InfrastructureError, PermissionDenied, ValidationError
 from ordermesh.eventstore.model import StoredEvent
-from ordermesh.http.auth import check_user_id
 from ordermesh.services.orders.projections import STREAM_PREFIX, OrderStates
 from ordermesh.services.orders.service import OrderService
 

@@ -1,0 +1,73 @@
+"""One service as its own process (``ordermesh run NAME``): settings from the environment,
+SIGINT/SIGTERM drain it and exit 0, and any start-up failure is one line and exit 1.
+
+Started by ``ordermesh up`` (``ORDERMESH_PARENT_PID`` set), it also stops when that process is
+gone, even after a kill -9 of the parent, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping
+
+from ordermesh import tracing, tuning
+from ordermesh.config import Settings, load
+from ordermesh.errors import OrdermeshError
+from ordermesh.kit.runtime import ServiceSpec, serve
+
+log = logging.getLogger("ordermesh.kit")
+PARENT_PID = "ORDERMESH_PARENT_PID"
+
+
+async def _orphaned(parent: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.warning("parent process %d is gone: stopping", parent)
+            stop.set()
+        await asyncio.sleep(1.0)
+
+
+async def run_until_signalled(spec: ServiceSpec, settings: Settings, parent: int = 0) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    watchdog = asyncio.create_task(_orphaned(parent, stop)) if parent else None
+    try:
+        await serve(spec, settings, stop)
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def main(spec: ServiceSpec, env: Mapping[str, str] | None = None) -> int:
+    """Run ``spec`` until a signal; the process exit code."""
+    source = os.environ if env is None else env
+    try:
+        settings = load(source)
+    except OrdermeshError as exc:
+        print(f"{spec.name}: {exc}", file=sys.stderr)
+        return 1
+    tracing.configure_logging()
+    try:
+        tuning.serve(run_until_signalled(spec, settings, int(source.get(PARENT_PID) or 0)))
+    except (OrdermeshError, ValueError) as exc:
+        # A port in use, a database or broker that refuses us, a malformed URL: say which and
+        # what to do, in one line; the exit stack has already closed what was opened.
+        print(f"{spec.name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+__all__ = ["PARENT_PID", "main", "run_until_signalled"]
