@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test bench openapi asyncapi proto clean
+.PHONY: up test bench openapi asyncapi proto readme clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,3 +40,6 @@ proto: $(VENV)/.dev-installed
 
 clean:
 	rm -rf $(VENV) .ordermesh .pytest_cache .mypy_cache .ruff_cache
+
+readme: $(VENV)/.dev-installed
+	$(BIN)/python -m ordermesh.config --readme README.md

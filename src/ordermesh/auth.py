@@ -1,5 +1,10 @@
 """Bearer JWTs: HS256 only (the algorithm is pinned, never read from the token), with issuer,
-audience and expiry checked. Shared by REST and (later) gRPC."""
+audience and expiry checked. Transport-neutral: REST, gRPC and the CLI share it.
+
+Two kinds of caller carry the same tokens: end users (the subject is the user id) and services
+(the subject is ``service:NAME``, minted with :meth:`Tokens.issue_service`). Internal APIs
+(payments, inventory, shipping) take service callers only: :func:`require_service`.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,11 @@ import jwt
 
 from ordermesh.clock import Clock, SystemClock
 from ordermesh.config import Settings
-from ordermesh.errors import Unauthenticated, ValidationError
+from ordermesh.errors import PermissionDenied, Unauthenticated, ValidationError
 
 ALGORITHM = "HS256"
 USER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+SERVICE_PREFIX = "service:"
 
 
 def check_user_id(user_id: str) -> str:
@@ -49,6 +55,10 @@ class Tokens:
         }
         return jwt.encode(payload, self._secret, algorithm=ALGORITHM)
 
+    def issue_service(self, service: str, ttl: timedelta = timedelta(hours=1)) -> str:
+        """A token for service-to-service calls: subject ``service:SERVICE``."""
+        return self.issue(f"{SERVICE_PREFIX}{service}", ttl)
+
     def verify(self, token: str) -> str:
         """The token's subject (the user id), or ``Unauthenticated`` saying what is wrong."""
         now = self._clock.now().timestamp()
@@ -81,3 +91,15 @@ class Tokens:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return subject
+
+
+def is_service(subject: str) -> bool:
+    return subject.startswith(SERVICE_PREFIX)
+
+
+def require_service(subject: str) -> str:
+    """``subject`` if it is a service (``service:NAME``), else ``PermissionDenied``: an end user's
+    token does not open an internal API."""
+    if not is_service(subject):
+        raise PermissionDenied(f"{subject!r} is not a service: this API takes service tokens only")
+    return subject

@@ -8,10 +8,12 @@ running one picks the changes up through its subscriptions.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import orjson
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -20,7 +22,10 @@ from rich.table import Table
 from ordermesh.auth import Tokens
 from ordermesh.config import ServiceName, Settings
 from ordermesh.errors import ConfigError, OrdermeshError
+from ordermesh.services.inventory import cli as inventory_cli
 from ordermesh.services.orders.events import OrderLine
+from ordermesh.services.payments import cli as payments_cli
+from ordermesh.services.shipping import cli as shipping_cli
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 
 if TYPE_CHECKING:
@@ -34,7 +39,17 @@ order_app = typer.Typer(help="Create and inspect orders.", no_args_is_help=True)
 projections_app = typer.Typer(help="Operate read models.", no_args_is_help=True)
 app.add_typer(order_app, name="order")
 app.add_typer(projections_app, name="projections")
-console = Console()
+# Piped (scripts, CI logs), rich would fold tables to 80 columns and cut ids in half: as wide as
+# the content instead.
+console = Console(width=None if sys.stdout.isatty() else 10_000)
+JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of a table")]
+
+
+def print_json(data: Any) -> None:
+    """Machine output: plain JSON on stdout, no markup, highlighting or wrapping."""
+    print(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
+
+
 T = TypeVar("T")
 
 
@@ -147,27 +162,37 @@ def order_create(
     email: Annotated[str, typer.Option("--email", help="where confirmations go")],
     item: Annotated[list[str], typer.Option("--item", help="SKU:QUANTITY:UNIT_PRICE (minor units); repeat")],
     currency: Annotated[str, typer.Option(help="ISO 4217 code")] = "EUR",
+    as_json: JsonFlag = False,
 ) -> None:
     """Create an order."""
     lines = [_parse_item(i) for i in item]
     order = _run(lambda s: s.service.create_order(user, email, currency, lines))
+    if as_json:
+        print_json(order)
+        return
     console.print(_order_table([order], "created"))
 
 
 @order_app.command("show")
-def order_show(order_id: str) -> None:
+def order_show(order_id: str, as_json: JsonFlag = False) -> None:
     """Show one order from the read model."""
     order = _run(lambda s: s.service.get_order(order_id, None))
+    if as_json:
+        print_json(order)
+        return
     console.print(_order_table([order], f"order {order_id}"))
 
 
 @order_app.command("list")
-def order_list(user: Annotated[str, typer.Option("--user", help="the user id")]) -> None:
+def order_list(
+    user: Annotated[str, typer.Option("--user", help="the user id")], as_json: JsonFlag = False
+) -> None:
     """List a user's orders, newest first."""
-    import orjson
-
     raw = _run(lambda s: s.service.user_orders_json(user, None))
     orders = orjson.loads(raw)["orders"]
+    if as_json:
+        print_json(orders)
+        return
     console.print(_order_table(orders, f"orders of {user} ({len(orders)})"))
 
 
@@ -212,14 +237,23 @@ def order_watch(
 
 
 @app.command()
-def events(order_id: str) -> None:
+def events(order_id: str, as_json: JsonFlag = False) -> None:
     """Show an order's event history."""
     history = _run(lambda s: s.service.history(order_id, None))
+    if as_json:
+        print_json(history)
+        return
     table = Table(title=f"events of order {order_id}")
     for column in ("version", "position", "type", "occurred at", "data"):
         table.add_column(column)
     for e in history:
-        table.add_row(str(e["version"]), str(e["position"]), e["type"], e["occurred_at"], str(e["data"]))
+        table.add_row(
+            str(e["version"]),
+            str(e["position"]),
+            e["type"],
+            e["occurred_at"],
+            orjson.dumps(e["data"]).decode(),
+        )
     console.print(table)
 
 
@@ -251,7 +285,7 @@ def projections_rebuild(name: str) -> None:
 
 
 @projections_app.command("list")
-def projections_list() -> None:
+def projections_list(as_json: JsonFlag = False) -> None:
     """Show each read model's live generation and checkpoint."""
 
     async def work(system: OrderSystem) -> list[tuple[str, int, int, int]]:
@@ -262,10 +296,14 @@ def projections_list() -> None:
             out.append((p.name, state.generation, state.position, head))
         return out
 
+    rows = _run(work)
+    if as_json:
+        print_json([dict(zip(("name", "generation", "position", "head"), row, strict=True)) for row in rows])
+        return
     table = Table(title="projections")
     for column in ("name", "generation", "position", "head"):
         table.add_column(column)
-    for row in _run(work):
+    for row in rows:
         table.add_row(*(str(v) for v in row))
     console.print(table)
 
@@ -274,6 +312,10 @@ dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=T
 outbox_app = typer.Typer(help="The order service's outbox relay.", no_args_is_help=True)
 mail_app = typer.Typer(help="The embedded mail sink.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+# Each service's operator commands live with the service, on its own database.
+app.add_typer(payments_cli.app, name="payments")
+app.add_typer(inventory_cli.app, name="stock")
+app.add_typer(shipping_cli.app, name="shipments")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(mail_app, name="mail")
 
@@ -307,9 +349,13 @@ async def _letters(broker: Broker, queue: str | None) -> list[DeadLetter]:
 @dlq_app.command("list")
 def dlq_list(
     queue: Annotated[str | None, typer.Argument(help="a consumer queue (default: all known)")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """List dead letters with their reason."""
     letters = _with_broker(lambda broker: _letters(broker, queue))
+    if as_json:
+        print_json([_letter_json(d) for d in letters])
+        return
     table = Table(title=f"dead letters ({len(letters)})")
     for column in ("id", "queue", "routing key", "attempts", "error"):
         table.add_column(column, overflow="fold")
@@ -318,14 +364,35 @@ def dlq_list(
     console.print(table)
 
 
+def _letter_json(d: DeadLetter) -> dict[str, Any]:
+    m = d.message
+    return {
+        "id": d.id,
+        "queue": d.queue,
+        "error": d.error,
+        "attempts": d.attempts,
+        "original_exchange": d.original_exchange,
+        "original_routing_key": d.original_routing_key,
+        "type": m.type,
+        "schema_version": m.schema_version,
+        "occurred_at": m.occurred_at.isoformat(),
+        "correlation_id": m.correlation_id,
+        "headers": dict(m.headers),
+        "body": m.body.decode(errors="replace"),
+    }
+
+
 @dlq_app.command("show")
-def dlq_show(message_id: str) -> None:
+def dlq_show(message_id: str, as_json: JsonFlag = False) -> None:
     """Show one dead letter: envelope, headers, body."""
     found = [d for d in _with_broker(lambda broker: _letters(broker, None)) if d.id == message_id]
     if not found:
         console.print(f"[red]error:[/red] no dead letter {message_id}")
         raise typer.Exit(1)
     d = found[0]
+    if as_json:
+        print_json(_letter_json(d))
+        return
     m = d.message
     console.print(f"id            {d.id}\nqueue         {d.queue}\nerror         {d.error}")
     console.print(
@@ -355,8 +422,11 @@ def dlq_replay(
         return len(letters)
 
     count = _with_broker(work)
+    if count == 0 and all_:
+        console.print("no dead letters: nothing to replay")
+        return
     if count == 0:
-        console.print(f"[red]error:[/red] no dead letter {message_id or ''} to replay")
+        console.print(f"[red]error:[/red] no dead letter {message_id} to replay")
         raise typer.Exit(1)
     console.print(f"replayed {count} dead letter(s)")
 
@@ -380,7 +450,7 @@ async def _open_configured_broker() -> Broker:
 
 
 @outbox_app.command("status")
-def outbox_status() -> None:
+def outbox_status(as_json: JsonFlag = False) -> None:
     """How far the order events have been published to the broker, and what is parked."""
     from ordermesh.messaging.relay import Parked, ParkingLot
     from ordermesh.services.orders.outbox import RELAY_NAME
@@ -391,6 +461,24 @@ def outbox_status() -> None:
         return await checkpoints.load(RELAY_NAME), await system.store.head_position(), parked
 
     position, head, parked = _run(work)
+    if as_json:
+        print_json(
+            {
+                "relay": RELAY_NAME,
+                "position": position,
+                "head": head,
+                "pending": head - position,
+                "parked": [
+                    {
+                        "message_id": p.message.message_id,
+                        "routing_key": p.message.routing_key,
+                        "reason": p.reason,
+                    }
+                    for p in parked
+                ],
+            }
+        )
+        return
     console.print(
         f"relay {RELAY_NAME}: published up to position {position} of {head} ({head - position} pending)"
     )
@@ -474,6 +562,41 @@ def mail_list(
     for m in mails:
         trace = tracing.trace_id(m.traceparent) or "-"
         table.add_row(m.received_at, ", ".join(m.rcpt_tos), m.subject, m.message_id, trace)
+    console.print(table)
+
+
+@app.command()
+def info(as_json: JsonFlag = False) -> None:
+    """Where everything is: each service's database and ports, the broker, the mail server."""
+    from ordermesh import catalog
+    from ordermesh.config import SERVICES
+
+    settings = _settings()
+    services: list[dict[str, Any]] = []
+    for name in SERVICES:
+        spec = catalog.spec(name)
+        ports: dict[str, int] = {"http": getattr(settings, spec.http_port)}
+        if spec.grpc_port:
+            ports["grpc"] = getattr(settings, spec.grpc_port)
+        services.append({"service": name, "database": settings.service_database_url(name), "ports": ports})
+    data: dict[str, Any] = {
+        "data_dir": str(settings.data_dir.resolve()),
+        "broker": settings.effective_broker_url,
+        "smtp": settings.effective_smtp_url,
+        "host": settings.http_host,
+        "services": services,
+    }
+    if as_json:
+        print_json(data)
+        return
+    for key in ("data_dir", "broker", "smtp", "host"):
+        console.print(f"{key:<10} {data[key]}", highlight=False)
+    table = Table(title="services")
+    for column in ("service", "database", "ports"):
+        table.add_column(column)
+    for svc in services:
+        shown = "  ".join(f"{k} {v}" for k, v in svc["ports"].items())
+        table.add_row(svc["service"], svc["database"], shown)
     console.print(table)
 
 

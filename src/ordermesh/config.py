@@ -201,3 +201,23 @@ def markdown_table() -> str:
         shown = "unset" if default in ("", None) else f"`{default}`"
         rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(rows) + "\n"
+
+
+BEGIN, END = "<!-- settings:begin -->\n", "<!-- settings:end -->"
+
+
+def readme_with_table(readme: str) -> str:
+    """``readme`` with the text between the settings markers replaced by ``markdown_table()``."""
+    head, _, rest = readme.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return f"{head}{BEGIN}{markdown_table()}{END}{tail}"
+
+
+if __name__ == "__main__":  # `make readme`
+    import sys
+
+    if sys.argv[1:2] == ["--readme"]:
+        path = Path(sys.argv[2])
+        path.write_text(readme_with_table(path.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        print(markdown_table(), end="")

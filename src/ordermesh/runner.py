@@ -45,7 +45,7 @@ async def serve_all(settings: Settings, console: Console) -> None:
 
 
 def _banner(settings: Settings, children: Sequence[Child], console: Console) -> None:
-    console.rule("[bold]ordermesh")
+    console.print("[bold]── ordermesh ──[/bold]")
     table = Table(show_edge=False, pad_edge=False)
     for column in ("service", "state", "listens on", "health"):
         table.add_column(column, no_wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -39,8 +40,7 @@ def start_up(
         **os.environ,
         "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
         "ORDERMESH_GRPC_PORT": str(grpc_port or free_port()),
-        "ORDERMESH_MAIL_SINK_PORT": str(free_port()),
-        "ORDERMESH_NOTIFICATIONS_HTTP_PORT": str(free_port()),
+        **{f"ORDERMESH_{name.upper()}": str(free_port()) for name in OTHER_PORTS},
         "COLUMNS": "200",
     }
     for name in ("ORDERMESH_DATABASE_URL", "ORDERMESH_BROKER_URL", "ORDERMESH_SMTP_URL"):
@@ -55,17 +55,42 @@ def start_up(
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url, env
-        except requests.ConnectionError:
-            pass
+    env["ORDERMESH_HTTP_PORT"] = str(port)
+    waiting = set(health_urls(env))
+    deadline = time.monotonic() + 60
+    while waiting:
+        for health in list(waiting):
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(health, timeout=1).status_code == 200:
+                    waiting.discard(health)
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"ordermesh up did not become ready:\n{proc.communicate()[0]}")
+            pytest.fail(f"ordermesh up did not become ready ({waiting}):\n{proc.communicate()[0]}")
         time.sleep(0.1)
+    return proc, url, env
+
+
+OTHER_PORTS = (
+    "mail_sink_port",
+    "notifications_http_port",
+    "payments_http_port",
+    "payments_grpc_port",
+    "inventory_http_port",
+    "inventory_grpc_port",
+    "shipping_http_port",
+)
+HTTP_PORTS = {
+    "orders": "ORDERMESH_HTTP_PORT",
+    "payments": "ORDERMESH_PAYMENTS_HTTP_PORT",
+    "inventory": "ORDERMESH_INVENTORY_HTTP_PORT",
+    "shipping": "ORDERMESH_SHIPPING_HTTP_PORT",
+    "notifications": "ORDERMESH_NOTIFICATIONS_HTTP_PORT",
+}
+
+
+def health_urls(env: dict[str, str]) -> dict[str, str]:
+    """Each of the five services' /readyz, by URL."""
+    return {f"http://127.0.0.1:{env[variable]}/readyz": name for name, variable in HTTP_PORTS.items()}
 
 
 @pytest.fixture
@@ -131,6 +156,63 @@ def test_up_serves_the_api_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert f"{url}/api" in out and "ORDERMESH_TOKEN=ey" in out
     assert "development default" in out
+
+
+def test_up_runs_five_healthy_processes_and_brings_a_killed_one_back(tmp_path: Path) -> None:
+    proc, _, env = start_up(tmp_path)
+    try:
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid), "-a"], capture_output=True, text=True, check=True
+        ).stdout
+        by_service = {line.split()[-1]: int(line.split()[0]) for line in children.splitlines()}
+        assert set(by_service) == set(HTTP_PORTS), children  # one process per service
+        os.kill(by_service["payments"], signal.SIGKILL)
+        payments = f"http://127.0.0.1:{env['ORDERMESH_PAYMENTS_HTTP_PORT']}/readyz"
+        deadline = time.monotonic() + 30
+        back = False
+        while not back and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with contextlib.suppress(requests.ConnectionError):
+                back = requests.get(payments, timeout=1).status_code == 200
+        assert back, "the supervisor did not restart payments"
+        for health in health_urls(env):
+            assert requests.get(health, timeout=2).status_code == 200, health
+        # The operator's view of the same system.
+        info = json.loads(cli(env, "info", "--json"))
+        assert [s["service"] for s in info["services"]] == list(HTTP_PORTS)
+        assert {s["database"].rsplit("/", 1)[1] for s in info["services"]} == {
+            f"{name}.db" for name in HTTP_PORTS
+        }
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "payments exited with code -9; restarting in 1 s" in out
+    leftover = subprocess.run(
+        ["pgrep", "-f", env["ORDERMESH_DATA_DIR"]], capture_output=True, text=True
+    ).stdout
+    assert leftover == ""  # every child stopped with it
+
+
+def test_a_busy_port_is_one_line_and_nothing_starts(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = int(taken.getsockname()[1])
+        env = {
+            **os.environ,
+            "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
+            "ORDERMESH_PAYMENTS_GRPC_PORT": str(busy),
+        }
+        done = subprocess.run([str(BIN), "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{busy} (Address already in use): "
+        "set ORDERMESH_PAYMENTS_GRPC_PORT to a free port or stop what is using it"
+    ], done.stdout + done.stderr
+    assert not (tmp_path / "data").exists()
 
 
 def test_clients_cli_and_the_seed_snippet_against_a_real_server(system: tuple[str, dict[str, str]]) -> None:

@@ -11,6 +11,7 @@ position it delivered: no gap, no duplicate.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -105,6 +106,7 @@ def _create_request(
 
 class _Base:
     def __init__(self, token: str | None, timeout: float, retries: int) -> None:
+        token = token if token is not None else os.environ.get("ORDERMESH_TOKEN")  # as the README's shell
         self.timeout = timeout
         self.retries = retries
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()

@@ -26,6 +26,8 @@ async def open_broker(url: str) -> Broker:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         prefix = query.pop("prefix", [""])[0]
+        if prefix and not prefix.endswith((".", "-", "_")):
+            prefix += "."  # ?prefix=dev names dev.orders, not devorders
         quorum = query.pop("quorum", ["0"])[0] in {"1", "true", "yes"}
         limit = query.pop("delivery_limit", ["20"])[0]
         if not limit.isdigit() or int(limit) < 1:
