@@ -1,0 +1,31 @@
+"""The inventory service as the kit runs it: its own database (the demo catalog stocked on first
+start), an outbox published to the ``inventory`` exchange, and ``InventoryService`` on
+``ORDERMESH_INVENTORY_GRPC_PORT`` (health and metrics on ``ORDERMESH_INVENTORY_HTTP_PORT``)."""
+
+from __future__ import annotations
+
+from ordermesh.contracts.inventory import EXCHANGE
+from ordermesh.kit import Runtime, ServiceSpec
+from ordermesh.services.inventory.grpc_api import SERVICE_NAME, InventoryGrpcService
+from ordermesh.services.inventory.store import InventoryStore
+
+
+async def build(rt: Runtime) -> None:
+    db = await rt.database()
+    broker = await rt.broker()
+    # Declared before the publisher's first try, which would otherwise find no exchange.
+    await broker.declare_exchange(EXCHANGE)
+    store = await InventoryStore.open(db, await rt.outbox(), rt.clock)
+    await store.seed()
+    rt.grpc(InventoryGrpcService(store).register, SERVICE_NAME)
+
+
+SPEC = ServiceSpec(
+    name="inventory",
+    title="ordermesh inventory",
+    build=build,
+    http_port="inventory_http_port",
+    grpc_port="inventory_grpc_port",
+)
+
+__all__ = ["SPEC", "build"]
