@@ -18,10 +18,11 @@ from collections.abc import Mapping
 from ordermesh import tracing, tuning
 from ordermesh.config import Settings, load
 from ordermesh.errors import OrdermeshError
-from ordermesh.kit.runtime import ServiceSpec, serve
+from ordermesh.kit.runtime import ServiceSpec, started
 
 log = logging.getLogger("ordermesh.kit")
 PARENT_PID = "ORDERMESH_PARENT_PID"
+_CHATTY = ("aiormq", "aio_pika", "asyncpg")
 
 
 async def _orphaned(parent: int, stop: asyncio.Event) -> None:
@@ -38,9 +39,20 @@ async def run_until_signalled(spec: ServiceSpec, settings: Settings, parent: int
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     watchdog = asyncio.create_task(_orphaned(parent, stop)) if parent else None
+    # While starting, a broker or database that refuses us is our one line, not the client
+    # libraries' own retry chatter before it; once up, their reconnect lines are worth having.
+    quiet = {name: logging.getLogger(name) for name in _CHATTY}
+    levels = {name: logger.level for name, logger in quiet.items()}
+    for logger in quiet.values():
+        logger.setLevel(logging.CRITICAL)
     try:
-        await serve(spec, settings, stop)
+        async with started(spec, settings):
+            for name, logger in quiet.items():
+                logger.setLevel(levels[name])
+            await stop.wait()
     finally:
+        for name, logger in quiet.items():
+            logger.setLevel(levels[name])
         if watchdog is not None:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -161,6 +161,12 @@ class RabbitBroker:
                 connection = await aio_pika.connect_robust(
                     url, timeout=5, client_properties={"connection_name": name}
                 )
+        except aiormq.exceptions.ProbableAuthenticationError as exc:
+            # The server is up and said no: starting one would not help.
+            raise BrokerUnavailable(
+                f"RabbitMQ at {_redact(url)} refused the login ({exc.args[0] if exc.args else exc}): "
+                "check the user and password in the broker URL (ORDERMESH_BROKER_URL)"
+            ) from exc
         except (*_CONNECTION_ERRORS, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise BrokerUnavailable(HOW_TO_START.format(url=_redact(url), error=error)) from exc
