@@ -1,0 +1,212 @@
+"""Async client of the shipping service's REST API (aiohttp; no FastAPI, no server code).
+
+Every call has a timeout, covering its retries. All three calls are idempotent by order id, so
+connection failures and 502/503/504 answers are retried with jittered backoff: a schedule whose
+answer was lost is answered again with the same shipment (200), a cancel again with the same
+cancelled one. Problem documents come back as the ``ordermesh.errors`` classes the server raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from ordermesh import errors
+
+RETRYABLE_STATUS = frozenset({502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class ShipmentItem:
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    name: str
+    line1: str
+    city: str
+    postal_code: str
+    country: str  # ISO 3166-1 alpha-2
+    line2: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    shipment_id: str
+    order_id: str
+    tracking_id: str | None  # None: cancelled before it was ever scheduled
+    status: str  # "scheduled" | "cancelled"
+    items: tuple[ShipmentItem, ...]
+    address: Address | None
+    scheduled_at: datetime | None
+    cancelled_at: datetime | None
+
+
+# The problem document's status (and type, where one status has two meanings) to the error the
+# server raised: the inverse of ``ordermesh.http.problems.STATUS``, kept here so this module needs
+# no FastAPI (a test holds the two together).
+_BY_STATUS: dict[int, type[errors.OrdermeshError]] = {
+    401: errors.Unauthenticated,
+    403: errors.PermissionDenied,
+    404: errors.NotFound,
+    409: errors.DomainError,
+}
+_BY_TYPE: dict[str, type[errors.OrdermeshError]] = {
+    "idempotency-key-in-use": errors.IdempotencyKeyInUse,
+    "idempotency-key-reused": errors.IdempotencyKeyReused,
+}
+
+
+def error_from_problem(status: int, body: bytes) -> errors.OrdermeshError:
+    violations: list[errors.FieldViolation] = []
+    try:
+        doc = orjson.loads(body)
+        detail = str(doc.get("detail") or doc)
+        slug = str(doc.get("type", "")).rsplit("/", 1)[-1]
+        violations = [
+            errors.FieldViolation(v["field"], v["description"]) for v in doc.get("violations") or []
+        ]
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+        detail, slug = body.decode(errors="replace")[:500] or f"HTTP {status}", ""
+    if status in (409, 422) and slug in _BY_TYPE:
+        return _BY_TYPE[slug](detail)
+    if status == 422:
+        return errors.ValidationError(detail, violations)
+    cls = _BY_STATUS.get(status)
+    return cls(detail) if cls is not None else errors.InfrastructureError(f"HTTP {status}: {detail}")
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(0.05 * 2**attempt, 1.0) * random.uniform(0.5, 1.0))
+
+
+def _time(value: Any) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(str(value))
+
+
+def _shipment(doc: Mapping[str, Any]) -> Shipment:
+    a = doc.get("address")
+    return Shipment(
+        shipment_id=str(doc["shipment_id"]),
+        order_id=str(doc["order_id"]),
+        tracking_id=doc.get("tracking_id"),
+        status=str(doc["status"]),
+        items=tuple(ShipmentItem(str(i["sku"]), int(i["quantity"])) for i in doc.get("items") or []),
+        address=None
+        if a is None
+        else Address(a["name"], a["line1"], a["city"], a["postal_code"], a["country"], a.get("line2")),
+        scheduled_at=_time(doc.get("scheduled_at")),
+        cancelled_at=_time(doc.get("cancelled_at")),
+    )
+
+
+def _items(items: Iterable[ShipmentItem | tuple[str, int]]) -> list[dict[str, Any]]:
+    out = []
+    for item in items:
+        sku, quantity = (item.sku, item.quantity) if isinstance(item, ShipmentItem) else item
+        out.append({"sku": sku, "quantity": quantity})
+    return out
+
+
+class ShippingClient:
+    """``token`` is a service token, or a function giving a fresh one per call (service tokens
+    expire after an hour). Use ``async with`` or call ``close()``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | Callable[[], str],
+        *,
+        timeout: float = 5.0,
+        retries: int = 3,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self._token = token
+        self._session: aiohttp.ClientSession | None = None
+
+    async def schedule(
+        self,
+        order_id: str,
+        items: Iterable[ShipmentItem | tuple[str, int]],
+        address: Address | None = None,
+    ) -> Shipment:
+        body: dict[str, Any] = {"order_id": order_id, "items": _items(items)}
+        if address is not None:
+            body["address"] = {
+                "name": address.name,
+                "line1": address.line1,
+                "line2": address.line2,
+                "city": address.city,
+                "postal_code": address.postal_code,
+                "country": address.country,
+            }
+        return _shipment(await self._send("POST", "/api/shipments", orjson.dumps(body)))
+
+    async def get(self, order_id: str) -> Shipment:
+        return _shipment(await self._send("GET", f"/api/shipments/{quote(order_id, safe='')}"))
+
+    async def cancel(self, order_id: str) -> Shipment:
+        return _shipment(await self._send("POST", f"/api/shipments/{quote(order_id, safe='')}/cancel"))
+
+    async def _send(self, method: str, path: str, body: bytes | None = None) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        session = self._open()
+        for attempt in range(self.retries + 1):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            token = self._token() if callable(self._token) else self._token
+            headers = {"Authorization": f"Bearer {token}"}
+            if body is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                async with session.request(
+                    method,
+                    self.base_url + path,
+                    data=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=remaining),
+                ) as r:
+                    status, payload = r.status, await r.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if attempt == self.retries:
+                    raise errors.InfrastructureError(f"{method} {path}: {exc or type(exc).__name__}") from exc
+            else:
+                if status < 400:
+                    return orjson.loads(payload)
+                if status not in RETRYABLE_STATUS or attempt == self.retries:
+                    raise error_from_problem(status, payload)
+            await asyncio.sleep(min(_backoff(attempt), max(deadline - loop.time(), 0)))
+        raise errors.InfrastructureError(f"{method} {path}: no answer within {self.timeout} s")
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> ShippingClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+
+__all__ = ["Address", "Shipment", "ShipmentItem", "ShippingClient", "error_from_problem"]

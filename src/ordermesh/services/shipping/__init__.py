@@ -1,0 +1,1 @@
+"""The shipping service: one shipment per order, over REST, announced on the ``shipping`` exchange."""
