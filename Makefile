@@ -31,9 +31,10 @@ bench: $(VENV)/.dev-installed
 
 openapi: $(VENV)/.dev-installed
 	$(BIN)/ordermesh openapi > docs/openapi.json
+	$(BIN)/python -m ordermesh.services.shipping.openapi > docs/shipping-openapi.json
 
 asyncapi: $(VENV)/.dev-installed
-	$(BIN)/python -m ordermesh.messaging.asyncapi > docs/asyncapi.json
+	$(BIN)/python -m ordermesh.asyncapi > docs/asyncapi.json
 
 proto: $(VENV)/.dev-installed
 	$(BIN)/python -m ordermesh.rpc.codegen

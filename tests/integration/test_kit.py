@@ -226,3 +226,19 @@ async def test_a_grpc_service_is_served_with_health_and_its_database_in_its_own_
         db = await rt.database()
         row = await db.fetchrow("SELECT current_schema()")
         assert row is not None and str(row[0]).endswith("_orders")
+
+
+async def test_production_mode_keeps_nothing_local(pg_url: str, tmp_path: Path) -> None:
+    """With ORDERMESH_DATABASE_URL on PostgreSQL, the notification inbox is there too, in the
+    service's own schema, and nothing is written to the data dir."""
+    from ordermesh.services.notifications.spec import SPEC as NOTIFICATIONS
+
+    s = Settings(data_dir=tmp_path / "data", broker_url="memory://", database_url=pg_url)
+    async with running(NOTIFICATIONS, s) as rt:
+        db = await rt.database()
+        row = await db.fetchrow(
+            "SELECT table_schema FROM information_schema.tables WHERE table_name LIKE 'inbox%' "
+            "AND table_schema = current_schema()"
+        )
+        assert row is not None and str(row[0]).endswith("_notifications")
+    assert not (tmp_path / "data").exists()
