@@ -335,3 +335,32 @@ def test_the_readmes_python_snippets_run_as_written(system: tuple[str, dict[str,
             [sys.executable, "-c", block], env=shell, capture_output=True, text=True, timeout=60
         )
         assert done.returncode == 0, f"{block}\n{done.stderr}"
+
+
+@pytest.mark.parametrize("service", ["payments", "shipping"])
+def test_run_serves_one_service_and_sigterm_drains_it_to_exit_0(tmp_path: Path, service: str) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
+        f"ORDERMESH_{service.upper()}_HTTP_PORT": str(port),
+        "ORDERMESH_PAYMENTS_GRPC_PORT": str(free_port()),
+    }
+    proc = subprocess.Popen([str(BIN), "run", service], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        ready = False
+        while not ready and proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(requests.ConnectionError):
+                ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+            time.sleep(0.05)
+        assert ready, "the service did not become ready"
+        # Its own database, in the data dir, with the embedded broker beside it: the defaults of `up`.
+        assert (tmp_path / "data" / f"{service}.db").exists() and (tmp_path / "data" / "broker.db").exists()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert f"{service}: stopped" in err
