@@ -1,0 +1,32 @@
+"""The payment service as the kit runs it: its own database (payments and ledger), an outbox
+published to the ``payments`` exchange, the simulated provider configured by
+``ORDERMESH_PAYMENT_LIMIT``/``_LATENCY``/``_ERROR_RATE``, and ``PaymentService`` on
+``ORDERMESH_PAYMENTS_GRPC_PORT`` (health and metrics on ``ORDERMESH_PAYMENTS_HTTP_PORT``)."""
+
+from __future__ import annotations
+
+from ordermesh.contracts.payments import EXCHANGE
+from ordermesh.kit import Runtime, ServiceSpec
+from ordermesh.services.payments.grpc_api import SERVICE_NAME, PaymentGrpcService
+from ordermesh.services.payments.provider import SimulatedProvider
+from ordermesh.services.payments.service import PaymentService
+from ordermesh.services.payments.store import PaymentStore
+
+
+async def build(rt: Runtime) -> None:
+    store = await PaymentStore.open(await rt.database())
+    # Declared before the outbox publisher's first try, which would otherwise find no exchange.
+    await (await rt.broker()).declare_exchange(EXCHANGE)
+    service = PaymentService(store, await rt.outbox(), SimulatedProvider.from_settings(rt.settings), rt.clock)
+    rt.grpc(PaymentGrpcService(service).register, SERVICE_NAME)
+
+
+SPEC = ServiceSpec(
+    name="payments",
+    title="ordermesh payments",
+    build=build,
+    http_port="payments_http_port",
+    grpc_port="payments_grpc_port",
+)
+
+__all__ = ["SPEC", "build"]
