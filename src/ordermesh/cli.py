@@ -8,25 +8,24 @@ running one picks the changes up through its subscriptions.
 from __future__ import annotations
 
 import asyncio
-import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from ordermesh.auth import Tokens
 from ordermesh.config import ServiceName, Settings
-from ordermesh.errors import ConfigError, OrdermeshError
+from ordermesh.errors import ConfigError, NotFound, OrdermeshError
+from ordermesh.kit.console import JsonFlag, console, fail, print_json, run
 from ordermesh.services.inventory import cli as inventory_cli
 from ordermesh.services.orders.events import OrderLine
+from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 from ordermesh.services.payments import cli as payments_cli
 from ordermesh.services.shipping import cli as shipping_cli
-from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 
 if TYPE_CHECKING:
     from ordermesh.eventstore.subscription import CheckpointStore
@@ -39,31 +38,10 @@ order_app = typer.Typer(help="Create and inspect orders.", no_args_is_help=True)
 projections_app = typer.Typer(help="Operate read models.", no_args_is_help=True)
 app.add_typer(order_app, name="order")
 app.add_typer(projections_app, name="projections")
-# Piped (scripts, CI logs), rich would fold tables to 80 columns and cut ids in half: as wide as
-# the content instead.
-console = Console(width=None if sys.stdout.isatty() else 10_000)
-JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON (for scripts) instead of a table")]
-
-
-def print_json(data: Any) -> None:
-    """Machine output: plain JSON on stdout, no markup, highlighting or wrapping."""
-    print(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode())
-
-
 T = TypeVar("T")
 
 
-def _run_async(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)``; an ``OrdermeshError`` (e.g. a database or broker that is down, whose
-    message says how to start it) is a one-line error and exit 1, not a traceback."""
-    try:
-        return asyncio.run(main)
-    except ConfigError as exc:  # a malformed ORDERMESH_* value: a usage error
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(2) from exc
-    except OrdermeshError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from exc
+_run_async = run  # every command's errors: one line, exit 1 (a malformed setting: 2)
 
 
 def _run(work: Callable[[OrderSystem], Awaitable[T]]) -> T:
@@ -99,8 +77,7 @@ def _settings() -> Settings:
     try:
         return Settings.from_env()
     except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(2) from exc
+        fail(exc)
 
 
 @app.command("run")
@@ -125,8 +102,7 @@ def token(
     try:
         value = Tokens(_settings()).issue(user_id, ttl=timedelta(hours=ttl_hours))
     except OrdermeshError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        fail(exc)
     print(value)
 
 
@@ -232,8 +208,7 @@ def order_watch(
     except KeyboardInterrupt:
         pass
     except OrdermeshError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        fail(exc)
 
 
 @app.command()
@@ -265,8 +240,7 @@ def projections_rebuild(name: str) -> None:
         try:
             projector = system.projector(name)
         except KeyError as exc:
-            console.print(f"[red]error:[/red] {exc.args[0]}")
-            raise typer.Exit(2) from exc
+            fail(ConfigError(exc.args[0]))  # an unknown name: a usage error
         with Progress(
             "[progress.description]{task.description}",
             BarColumn(),
@@ -387,8 +361,7 @@ def dlq_show(message_id: str, as_json: JsonFlag = False) -> None:
     """Show one dead letter: envelope, headers, body."""
     found = [d for d in _with_broker(lambda broker: _letters(broker, None)) if d.id == message_id]
     if not found:
-        console.print(f"[red]error:[/red] no dead letter {message_id}")
-        raise typer.Exit(1)
+        fail(NotFound(f"no dead letter {message_id}"))
     d = found[0]
     if as_json:
         print_json(_letter_json(d))
@@ -426,8 +399,7 @@ def dlq_replay(
         console.print("no dead letters: nothing to replay")
         return
     if count == 0:
-        console.print(f"[red]error:[/red] no dead letter {message_id} to replay")
-        raise typer.Exit(1)
+        fail(NotFound(f"no dead letter {message_id} to replay"))
     console.print(f"replayed {count} dead letter(s)")
 
 
@@ -445,8 +417,7 @@ async def _open_configured_broker() -> Broker:
     try:
         return await open_broker(url)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] ORDERMESH_BROKER_URL: {exc}")
-        raise typer.Exit(2) from exc
+        fail(ConfigError(f"ORDERMESH_BROKER_URL: {exc}", "ORDERMESH_BROKER_URL"))
 
 
 @outbox_app.command("status")

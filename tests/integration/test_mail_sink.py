@@ -105,12 +105,12 @@ def test_dlq_reports_an_unreachable_broker_without_a_traceback(tmp_path: Path, a
     done = cli(cli_env(tmp_path, ORDERMESH_BROKER_URL="amqp://guest:guest@127.0.0.1:1/"), "dlq", *args)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert "error:" in done.stdout and "RabbitMQ is not reachable" in done.stdout
-    assert "rabbitmq-server -detached" in " ".join(done.stdout.split())  # how to start it
+    assert "error:" in done.stderr and "RabbitMQ is not reachable" in done.stderr
+    assert "rabbitmq-server -detached" in " ".join(done.stderr.split())  # how to start it
 
 
 def test_dlq_rejects_a_malformed_broker_url_without_a_traceback(tmp_path: Path) -> None:
     done = cli(cli_env(tmp_path, ORDERMESH_BROKER_URL="kafka://nowhere"), "dlq", "list")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert "ORDERMESH_BROKER_URL='kafka://nowhere'" in done.stdout and "expected amqp://" in done.stdout
+    assert "ORDERMESH_BROKER_URL='kafka://nowhere'" in done.stderr and "expected amqp://" in done.stderr

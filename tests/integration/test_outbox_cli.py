@@ -175,7 +175,7 @@ def test_replay_reports_an_unreachable_broker_without_a_traceback(parked: Parked
     done = cli(env, "outbox", "replay")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr, done.stderr
-    assert "error:" in done.stdout and "RabbitMQ is not reachable" in done.stdout
+    assert "error:" in done.stderr and "RabbitMQ is not reachable" in done.stderr
     # Still parked, for when the broker is back.
     assert parked.created_id in cli(parked.env, "outbox", "status").stdout
 
@@ -184,4 +184,4 @@ def test_replay_rejects_a_malformed_broker_url_without_a_traceback(parked: Parke
     done = cli({**parked.env, "ORDERMESH_BROKER_URL": "kafka://nowhere"}, "outbox", "replay")
     assert done.returncode == 2
     assert "Traceback" not in done.stderr, done.stderr
-    assert "ORDERMESH_BROKER_URL='kafka://nowhere'" in done.stdout and "expected amqp://" in done.stdout
+    assert "ORDERMESH_BROKER_URL='kafka://nowhere'" in done.stderr and "expected amqp://" in done.stderr

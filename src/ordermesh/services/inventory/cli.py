@@ -8,44 +8,30 @@ the invariant's total) becomes QTY plus what is held or shipped.
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ordermesh.config import load
-from ordermesh.db import connect
-from ordermesh.errors import OrdermeshError
+from ordermesh.db import SqlDb
+from ordermesh.kit.console import JsonFlag, console, on_database, print_json
 from ordermesh.messaging.outbox import SqlOutbox
 from ordermesh.services.inventory.domain import StockLevel
 from ordermesh.services.inventory.store import InventoryStore
 
 app = typer.Typer(help="Inspect and set stock levels.", no_args_is_help=True)
-console = Console()
 T = TypeVar("T")
 
 
 def _run(work: Callable[[InventoryStore], Awaitable[T]]) -> T:
-    """Open the inventory's database, run ``work``, close; an ``OrdermeshError`` is one line, exit 1."""
+    # No messages are sent from here: the outbox table is the service's to create and publish.
+    return on_database("inventory", lambda db: _open(db, work))
 
-    async def main() -> T:
-        db = await connect(load().service_database_url("inventory"))
-        try:
-            # No messages are sent from here: the outbox table is the service's to create and publish.
-            return await work(await InventoryStore.open(db, SqlOutbox(db)))
-        finally:
-            await db.close()
 
-    try:
-        return asyncio.run(main())
-    except OrdermeshError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
+async def _open(db: SqlDb, work: Callable[[InventoryStore], Awaitable[T]]) -> T:
+    return await work(await InventoryStore.open(db, SqlOutbox(db)))
 
 
 def _table(levels: list[StockLevel], title: str) -> Table:
@@ -62,23 +48,23 @@ def _table(levels: list[StockLevel], title: str) -> Table:
 def set_stock(
     sku: Annotated[str, typer.Argument(help="the SKU (created if new)")],
     qty: Annotated[int, typer.Argument(min=0, help="its available units from now on")],
-    as_json: Annotated[bool, typer.Option("--json", help="print the new level as JSON")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Set SKU's available units to QTY (reserved and shipped units are not touched)."""
     level = _run(lambda store: store.set_available(sku, qty))
     if as_json:
-        print(json.dumps(asdict(level)))
+        print_json(asdict(level))
     else:
         console.print(_table([level], f"stock of {sku}"))
 
 
 @app.command("show")
 def show(
-    as_json: Annotated[bool, typer.Option("--json", help="a JSON list, one object per SKU")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Every SKU's available, reserved and shipped units."""
     levels = _run(lambda store: store.stock())
     if as_json:
-        print(json.dumps([asdict(level) for level in levels]))
+        print_json([asdict(level) for level in levels])
     else:
         console.print(_table(levels, f"stock ({len(levels)} SKUs)"))

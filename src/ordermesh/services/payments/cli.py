@@ -3,23 +3,19 @@ database (``settings.service_database_url("payments")``), running service or not
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ordermesh.config import load
-from ordermesh.db import connect
-from ordermesh.errors import OrdermeshError
+from ordermesh.db import SqlDb
+from ordermesh.errors import NotFound
+from ordermesh.kit.console import JsonFlag, console, fail, on_database, print_json
 from ordermesh.services.payments.domain import Payment, check_order_id
 from ordermesh.services.payments.store import LedgerEntry, PaymentStore
 
 app = typer.Typer(help="Inspect payments and their ledger.", no_args_is_help=True)
-console = Console()
 T = TypeVar("T")
 
 
@@ -30,20 +26,11 @@ def payments() -> None:
 
 
 def _run(work: Callable[[PaymentStore], Awaitable[T]]) -> T:
-    """Open the payment database, run ``work``, close; an ``OrdermeshError`` is one line, exit 1."""
+    return on_database("payments", lambda db: _open(db, work))
 
-    async def main() -> T:
-        db = await connect(load().service_database_url("payments"))
-        try:
-            return await work(await PaymentStore.open(db))
-        finally:
-            await db.close()
 
-    try:
-        return asyncio.run(main())
-    except OrdermeshError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
+async def _open(db: SqlDb, work: Callable[[PaymentStore], Awaitable[T]]) -> T:
+    return await work(await PaymentStore.open(db))
 
 
 def payment_json(payment: Payment, ledger: list[LedgerEntry]) -> dict[str, Any]:
@@ -86,7 +73,7 @@ def _table(doc: dict[str, Any]) -> Table:
 @app.command("show")
 def show(
     order_id: Annotated[str, typer.Argument(help="the order whose payment to show")],
-    as_json: Annotated[bool, typer.Option("--json", help="print it as one JSON object")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """An order's payment: status, charged and refunded amounts, and its ledger entries."""
 
@@ -96,11 +83,10 @@ def show(
 
     payment, ledger = _run(work)
     if payment is None:
-        console.print(f"[red]error:[/red] order {order_id!r} has no payment", highlight=False)
-        raise typer.Exit(1)
+        fail(NotFound(f"order {order_id!r} has no payment"))
     doc = payment_json(payment, ledger)
     if as_json:
-        print(json.dumps(doc))
+        print_json(doc)
     else:
         console.print(_table(doc))
 

@@ -4,25 +4,19 @@ needs to be running."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from ordermesh.config import load
-from ordermesh.db import connect
-from ordermesh.errors import NotFound, OrdermeshError
+from ordermesh.db import SqlDb
+from ordermesh.errors import NotFound
+from ordermesh.kit.console import JsonFlag, console, on_database, print_json
 from ordermesh.services.shipping.domain import Shipment, check_order_id
 from ordermesh.services.shipping.schemas import shipment_doc
 from ordermesh.services.shipping.store import ShipmentStore
 
 app = typer.Typer(help="Inspect shipments.", no_args_is_help=True)
-console = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()
@@ -30,15 +24,11 @@ def _group() -> None:
     """Inspect shipments (the shipping service's database)."""
 
 
-async def _find(order_id: str) -> Shipment:
+async def _find(db: SqlDb, order_id: str) -> Shipment:
     check_order_id(order_id)
-    db = await connect(load().service_database_url("shipping"))
-    try:
-        store = ShipmentStore(db)
-        await store.migrate()  # a database the service never ran on: no shipments, not an error
-        shipment = await store.get(order_id)
-    finally:
-        await db.close()
+    store = ShipmentStore(db)
+    await store.migrate()  # a database the service never ran on: no shipments, not an error
+    shipment = await store.get(order_id)
     if shipment is None:
         raise NotFound(f"order {order_id} has no shipment")
     return shipment
@@ -62,16 +52,12 @@ def _table(doc: dict[str, object]) -> Table:
 @app.command("show")
 def show(
     order_id: Annotated[str, typer.Argument(help="the order whose shipment to show")],
-    as_json: Annotated[bool, typer.Option("--json", help="print the shipment as JSON")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Show an order's shipment: status, tracking id, items, address. Exit 1 if it has none."""
-    try:
-        shipment = asyncio.run(_find(order_id))
-    except OrdermeshError as exc:
-        stderr.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from exc
+    shipment = on_database("shipping", lambda db: _find(db, order_id))
     doc = shipment_doc(shipment)
     if as_json:
-        print(json.dumps(doc))
+        print_json(doc)
     else:
         console.print(_table(doc))
