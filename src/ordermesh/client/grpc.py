@@ -22,6 +22,7 @@ import grpc
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ordermesh.client.rpc import GrpcClient
 from ordermesh.orders.v1 import orders_pb2 as pb
 from ordermesh.orders.v1 import orders_pb2_grpc as pb_grpc
 from ordermesh.rpc.status import error_from_rpc
@@ -112,29 +113,14 @@ class _Base:
         self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
 
 
-class OrdersGrpcClient(_Base):
+class OrdersGrpcClient(GrpcClient):
     """Async client. The seed's ``OrderServiceStub`` is there too, as ``.stub``."""
 
     def __init__(
         self, target: str = DEFAULT_TARGET, token: str | None = None, timeout: float = 5.0, retries: int = 2
     ) -> None:
-        super().__init__(token, timeout, retries)
-        self.channel = grpc.aio.insecure_channel(target)
+        super().__init__(target, token, timeout, retries)
         self.stub = pb_grpc.OrderServiceStub(self.channel)
-
-    async def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout or self.timeout)
-        for attempt in range(self.retries + 1):
-            try:
-                return await method(
-                    request, timeout=max(deadline - loop.time(), 0.001), metadata=self._metadata
-                )
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _RETRYABLE or attempt == self.retries or loop.time() >= deadline:
-                    raise error_from_rpc(exc) from exc
-            await asyncio.sleep(min(0.05 * 2**attempt, max(deadline - loop.time(), 0)))
-        raise AssertionError("unreachable")
 
     async def get_user_orders(self, user_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
         response = await self._call(
@@ -196,15 +182,6 @@ class OrdersGrpcClient(_Base):
                     raise error_from_rpc(exc) from exc
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, max_backoff)
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-    async def __aenter__(self) -> OrdersGrpcClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 class SyncOrdersGrpcClient(_Base):

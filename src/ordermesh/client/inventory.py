@@ -9,16 +9,13 @@ every method is idempotent by order id, so each is retried on UNAVAILABLE within
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-import grpc
-
+from ordermesh.client.rpc import GrpcClient
 from ordermesh.inventory.v1 import inventory_pb2 as pb
 from ordermesh.inventory.v1 import inventory_pb2_grpc as pb_grpc
-from ordermesh.rpc.status import error_from_rpc
 
 DEFAULT_TARGET = "127.0.0.1:50053"
 Status = Literal["unspecified", "reserved", "rejected", "released", "committed"]
@@ -28,7 +25,6 @@ _STATUS: dict[int, Status] = {
     pb.RESERVATION_STATUS_RELEASED: "released",
     pb.RESERVATION_STATUS_COMMITTED: "committed",
 }
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,33 +68,16 @@ def _reservation(message: pb.Reservation) -> Reservation:
     )
 
 
-class InventoryClient:
+class InventoryClient(GrpcClient):
     """``async with InventoryClient(target, token) as inventory: await inventory.reserve(...)``;
-    ``token`` must be a service token (``Tokens.issue_service``)."""
+    ``token`` must be a service token (``Tokens.issue_service``). Retries UNAVAILABLE until the
+    deadline: a service that is still starting is waited for."""
 
     def __init__(
         self, target: str = DEFAULT_TARGET, token: str | None = None, *, timeout: float = 5.0
     ) -> None:
-        self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(target)
+        super().__init__(target, token, timeout, retries=None)
         self.stub = pb_grpc.InventoryServiceStub(self.channel)
-        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
-
-    async def _call(self, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout or self.timeout)
-        attempt = 0
-        while True:
-            try:
-                return await method(
-                    request, timeout=max(deadline - loop.time(), 0.001), metadata=self._metadata
-                )
-            except grpc.aio.AioRpcError as exc:
-                pause = min(0.05 * 2**attempt, 1.0)
-                if exc.code() not in _RETRYABLE or loop.time() + pause >= deadline:
-                    raise error_from_rpc(exc) from exc
-            await asyncio.sleep(pause)
-            attempt += 1
 
     async def reserve(
         self, order_id: str, items: Iterable[Item | tuple[str, int]], *, timeout: float | None = None
@@ -123,15 +102,6 @@ class InventoryClient:
         """Levels of ``skus`` (every SKU when empty), ordered by SKU."""
         response = await self._call(self.stub.GetStock, pb.GetStockRequest(skus=list(skus)), timeout)
         return [StockLevel(s.sku, s.available, s.reserved, s.shipped) for s in response.levels]
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-    async def __aenter__(self) -> InventoryClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 __all__ = ["DEFAULT_TARGET", "InventoryClient", "Item", "Reservation", "StockLevel"]

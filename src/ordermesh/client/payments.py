@@ -8,23 +8,18 @@ order id, so UNAVAILABLE (the provider or the server failed; nothing was recorde
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, TypeVar
+from typing import Literal
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ordermesh.client.rpc import GrpcClient
 from ordermesh.payments.v1 import payments_pb2 as pb
 from ordermesh.payments.v1 import payments_pb2_grpc as pb_grpc
-from ordermesh.rpc.status import error_from_rpc
 
 DEFAULT_TARGET = "127.0.0.1:50052"
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
-Request = TypeVar("Request")
-Response = TypeVar("Response")
 
 PaymentStatus = Literal["pending", "succeeded", "declined", "refunded", "cancelled"]
 _STATUSES: dict[int, PaymentStatus] = {
@@ -86,7 +81,9 @@ def _status(value: int) -> PaymentStatus:
     return status
 
 
-class PaymentsClient:
+class PaymentsClient(GrpcClient):
+    retryable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
+
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
@@ -95,27 +92,8 @@ class PaymentsClient:
         timeout: float = 5.0,
         retries: int = 3,
     ) -> None:
-        self.timeout = timeout
-        self.retries = retries
-        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
-        self.channel = grpc.aio.insecure_channel(target)
+        super().__init__(target, token, timeout, retries)
         self.stub = pb_grpc.PaymentServiceStub(self.channel)
-
-    async def _call(
-        self, method: Callable[..., Awaitable[Response]], request: Request, timeout: float | None
-    ) -> Response:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout or self.timeout)
-        for attempt in range(self.retries + 1):
-            try:
-                return await method(
-                    request, timeout=max(deadline - loop.time(), 0.001), metadata=self._metadata
-                )
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _RETRYABLE or attempt == self.retries or loop.time() >= deadline:
-                    raise error_from_rpc(exc) from exc
-            await asyncio.sleep(min(0.05 * 2**attempt, max(deadline - loop.time(), 0)))
-        raise AssertionError("unreachable")
 
     async def process_payment(
         self, order_id: str, amount: int, currency: str, *, timeout: float | None = None
@@ -151,15 +129,6 @@ class PaymentsClient:
             created_at=_time(p.created_at, p.HasField("created_at")),
             updated_at=_time(p.updated_at, p.HasField("updated_at")),
         )
-
-    async def close(self) -> None:
-        await self.channel.close()
-
-    async def __aenter__(self) -> PaymentsClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 __all__ = ["DEFAULT_TARGET", "Payment", "PaymentResult", "PaymentsClient", "RefundResult"]
