@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from ordermesh.asyncapi import CONTRACTS, asyncapi_document, asyncapi_json
 from ordermesh.messaging import port
-from ordermesh.messaging.asyncapi import asyncapi_document, asyncapi_json
 from ordermesh.services.notifications.service import QUEUES
 from ordermesh.services.orders.domain import OrderAggregate
 from ordermesh.services.orders.events import OrderLine
@@ -21,7 +21,7 @@ from ordermesh.services.orders.schemas import Order
 from tests.helpers import assert_committed_document
 
 COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
-HOW = "regenerate with `python -m ordermesh.messaging.asyncapi > docs/asyncapi.json` and commit it"
+HOW = "regenerate with `python -m ordermesh.asyncapi > docs/asyncapi.json` and commit it"
 
 
 def test_committed_document_matches_the_code() -> None:
@@ -35,7 +35,7 @@ def test_serialisation_is_deterministic() -> None:
 
 
 def test_main_prints_the_document(capsys: pytest.CaptureFixture[str]) -> None:
-    from ordermesh.messaging.asyncapi import main
+    from ordermesh.asyncapi import main
 
     main()
     assert capsys.readouterr().out == asyncapi_json()
@@ -169,3 +169,21 @@ def test_order_payload_schema_validates_a_real_order() -> None:
             assert not rs_validator.is_valid({**resource, "status": "lost"})
     else:
         pytest.skip("neither jsonschema nor jsonschema_rs is installed")
+
+
+def test_every_published_contract_message_has_a_channel_a_message_and_its_schema() -> None:
+    document = asyncapi_document()
+    published = [(c, key) for c in CONTRACTS for key in c.ROUTING_KEYS]
+    assert {c.EXCHANGE for c, _ in published} == {"payments", "inventory", "shipping"}
+    for contract, key in published:
+        channel = document["channels"].get(key)
+        assert channel is not None, f"no channel for {contract.EXCHANGE} routing key {key}"
+        assert channel["bindings"]["amqp"]["exchange"]["name"] == contract.EXCHANGE
+        message = _resolve(document, channel["messages"][key]["$ref"])
+        assert message["bindings"]["amqp"]["messageType"] == key
+        schema = _resolve(document, message["payload"]["$ref"])
+        model = contract.BODIES[key].model_json_schema(mode="serialization")
+        assert set(schema["properties"]) == set(model["properties"])
+        assert set(schema.get("required", [])) == set(model.get("required", []))
+        operation = document["operations"][f"send_{key}"]
+        assert operation["action"] == "send" and _resolve(document, operation["channel"]["$ref"]) is channel

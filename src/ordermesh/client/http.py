@@ -11,6 +11,7 @@ problem documents come back as the ``ordermesh.errors`` classes the server raise
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 import uuid
@@ -25,7 +26,7 @@ import orjson
 import urllib3
 
 from ordermesh import errors
-from ordermesh.http.problems import error_from_problem
+from ordermesh.problems import error_from_problem
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRYABLE_STATUS = frozenset({502, 503, 504})
@@ -78,8 +79,10 @@ def _backoff(attempt: int) -> float:
 
 
 class _Base:
-    def __init__(self, base_url: str, token: str | None, timeout: float, retries: int) -> None:
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, base_url: str | None, token: str | None, timeout: float, retries: int) -> None:
+        # Unset: the environment's ORDERMESH_URL and ORDERMESH_TOKEN, as the README's shell shows.
+        token = token if token is not None else os.environ.get("ORDERMESH_TOKEN")
+        self.base_url = (base_url or os.environ.get("ORDERMESH_URL") or DEFAULT_URL).rstrip("/")
         self.timeout = timeout
         self.retries = retries
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
@@ -87,7 +90,7 @@ class _Base:
 
 class OrdermeshClient(_Base):
     def __init__(
-        self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 5.0, retries: int = 2
+        self, base_url: str | None = None, token: str | None = None, timeout: float = 5.0, retries: int = 2
     ) -> None:
         super().__init__(base_url, token, timeout, retries)
         self._pool = urllib3.PoolManager(maxsize=8, retries=False)
@@ -155,7 +158,7 @@ class OrdermeshClient(_Base):
 
 class AsyncOrdermeshClient(_Base):
     def __init__(
-        self, base_url: str = DEFAULT_URL, token: str | None = None, timeout: float = 5.0, retries: int = 2
+        self, base_url: str | None = None, token: str | None = None, timeout: float = 5.0, retries: int = 2
     ) -> None:
         super().__init__(base_url, token, timeout, retries)
         self._session: aiohttp.ClientSession | None = None

@@ -1,1 +1,1 @@
-"""HTTP edge: FastAPI app factory, auth, errors, idempotency, metrics."""
+"""HTTP edge: FastAPI app factory, problem-document handlers, metrics, the uvicorn server."""

@@ -1,4 +1,6 @@
-"""Errors as RFC 9457 problem documents; the one place where error classes meet HTTP codes."""
+"""Errors as RFC 9457 problem documents in FastAPI: the exception handlers, the responses and
+the OpenAPI entries. The documents themselves (and the error-class table) are ``ordermesh.problems``,
+which clients share without FastAPI."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
@@ -14,20 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from ordermesh import errors
-
-PROBLEM = "application/problem+json"
-
-STATUS: list[tuple[type[errors.OrdermeshError], int, str]] = [
-    (errors.ValidationError, 422, "invalid-input"),
-    (errors.DomainError, 409, "rule-violated"),
-    (errors.NotFound, 404, "not-found"),
-    (errors.ConcurrencyConflict, 409, "concurrent-change"),
-    (errors.Unauthenticated, 401, "unauthenticated"),
-    (errors.PermissionDenied, 403, "forbidden"),
-    (errors.IdempotencyKeyInUse, 409, "idempotency-key-in-use"),
-    (errors.IdempotencyKeyReused, 422, "idempotency-key-reused"),
-    (errors.InfrastructureError, 503, "unavailable"),
-]
+from ordermesh.problems import PROBLEM, STATUS, error_from_problem, problem_body, problem_for
 
 
 class Violation(BaseModel):
@@ -50,27 +38,14 @@ def problem_response(
     violations: list[dict[str, str]] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {
-        "type": f"https://ordermesh.dev/problems/{slug}",
-        "title": slug.replace("-", " "),
-        "status": status,
-        "detail": detail,
-        "violations": violations or [],
-    }
-    return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM)
+    return Response(
+        problem_body(status, slug, detail, violations), status, headers=headers, media_type=PROBLEM
+    )
 
 
 def error_response(exc: errors.OrdermeshError) -> Response:
-    for cls, status, slug in STATUS:
-        if isinstance(exc, cls):
-            violations = (
-                [{"field": v.field, "description": v.description} for v in exc.violations]
-                if isinstance(exc, errors.ValidationError)
-                else None
-            )
-            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-            return problem_response(status, slug, str(exc), violations, headers)
-    return problem_response(500, "internal", "unexpected error")
+    problem = problem_for(exc)
+    return Response(problem.body, problem.status, headers=problem.headers or None, media_type=PROBLEM)
 
 
 PROBLEM_REF = "#/components/schemas/Problem"
@@ -179,30 +154,16 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
 
 
-def error_from_problem(status: int, body: bytes) -> errors.OrdermeshError:
-    """The error a problem document stands for (clients, and replays of saved refusals)."""
-    violations: list[errors.FieldViolation] = []
-    try:
-        doc = orjson.loads(body)
-        detail = str(doc.get("detail") or doc)
-        slug = str(doc.get("type", "")).rsplit("/", 1)[-1]
-        violations = [
-            errors.FieldViolation(v["field"], v["description"]) for v in doc.get("violations") or []
-        ]
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-        detail, slug = body.decode(errors="replace")[:500] or f"HTTP {status}", ""
-    if status == 401:
-        return errors.Unauthenticated(detail)
-    if status == 403:
-        return errors.PermissionDenied(detail)
-    if status == 404:
-        return errors.NotFound(detail)
-    if status == 409:
-        if slug == "idempotency-key-in-use":
-            return errors.IdempotencyKeyInUse(detail)
-        return errors.DomainError(detail)
-    if status == 422:
-        if slug == "idempotency-key-reused":
-            return errors.IdempotencyKeyReused(detail)
-        return errors.ValidationError(detail, violations)
-    return errors.InfrastructureError(f"HTTP {status}: {detail}")
+__all__ = [
+    "PROBLEM",
+    "PROBLEM_REF",
+    "STATUS",
+    "Problem",
+    "Violation",
+    "add_schemas",
+    "documented",
+    "error_from_problem",
+    "error_response",
+    "install",
+    "problem_response",
+]

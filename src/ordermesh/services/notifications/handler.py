@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ordermesh import tracing
+from ordermesh.contracts.orders import EMAIL_PATTERN
 from ordermesh.db import Tx
 from ordermesh.messaging.inbox import Inbox
 from ordermesh.messaging.port import Delivery, PermanentError
 from ordermesh.services.notifications.mailer import DEFAULT_SENDER, Mail, Mailer
-from ordermesh.services.orders.domain import EMAIL_PATTERN
 
 log = logging.getLogger("ordermesh.notifications")
 

@@ -1,7 +1,8 @@
 """Creating an order under an Idempotency-Key, shared by REST and gRPC.
 
-The saved outcome is HTTP-shaped (status + body: the order, or a problem document), so a key
-used over REST and retried over gRPC (or the other way round) replays the same outcome.
+The saved outcome is transport-neutral (the order's JSON, or an error record: see
+``ordermesh.idempotency``), so a key used over REST and retried over gRPC (or the other way round)
+replays the same outcome, each transport answering it its own way.
 Server-side failures are not saved: the key is released and a retry runs afresh.
 """
 
@@ -14,17 +15,24 @@ from dataclasses import dataclass
 import orjson
 
 from ordermesh.errors import IdempotencyError, OrdermeshError
-from ordermesh.http.idempotency import SavedResponse
-from ordermesh.http.problems import error_response
+from ordermesh.idempotency import SavedOutcome, is_refusal
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import OrderSystem
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    status: int
-    body: bytes
+    """The new order's JSON (``order``), or the refusal (``error``); ``replayed`` when saved."""
+
+    order: bytes | None
+    error: OrdermeshError | None
     replayed: bool
+
+    @classmethod
+    def of(cls, saved: SavedOutcome, replayed: bool) -> Outcome:
+        if saved.kind == "ok":
+            return cls(saved.body, None, replayed)
+        return cls(None, saved.error(), replayed)
 
 
 def fingerprint(user_email: str, currency: str, items: Sequence[OrderLine]) -> str:
@@ -44,26 +52,25 @@ async def create_order_outcome(
     items: Sequence[OrderLine],
     key: str | None,
 ) -> Outcome:
-    """201 and the order, or the (saved) refusal; raises only what must not be saved."""
+    """The order, or the (saved) refusal; raises only what must not be saved."""
     if key is None:
         order = await system.service.create_order(user, user_email, currency, items)
-        return Outcome(201, orjson.dumps(order), False)
+        return Outcome(orjson.dumps(order), None, False)
     saved = await system.idempotency.begin(user, key, fingerprint(user_email, currency, items))
     if saved is not None:
-        return Outcome(saved.status, saved.body, True)
+        return Outcome.of(saved, True)
     try:
         order = await system.service.create_order(user, user_email, currency, items)
-        outcome = Outcome(201, orjson.dumps(order), False)
+        saved = SavedOutcome.ok(orjson.dumps(order))
     except IdempotencyError:
         raise
     except OrdermeshError as exc:
-        refusal = error_response(exc)
-        if refusal.status_code >= 500:
+        if not is_refusal(exc):
             await system.idempotency.release(user, key)
             raise
-        outcome = Outcome(refusal.status_code, bytes(refusal.body), False)
+        saved = SavedOutcome.refused(exc)
     except BaseException:
         await system.idempotency.release(user, key)
         raise
-    await system.idempotency.complete(user, key, SavedResponse(outcome.status, outcome.body))
-    return outcome
+    await system.idempotency.complete(user, key, saved)
+    return Outcome.of(saved, False)

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal, Self
 
+from ordermesh.contracts.orders import EMAIL_PATTERN
 from ordermesh.errors import DomainError, FieldViolation, ValidationError
 from ordermesh.eventstore.aggregate import DomainEvent, EventMeta
 from ordermesh.services.orders.events import (
@@ -38,8 +39,6 @@ TERMINAL: frozenset[str] = frozenset({"shipped", "cancelled"})
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
 MAX_UNIT_PRICE = 1_000_000_000  # keeps every total below 2**53, exact in any JSON reader
-# Deliberately ASCII: what every SMTP server accepts, and nothing a database chokes on (NUL).
-EMAIL_PATTERN = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}$"
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _EMAIL = re.compile(EMAIL_PATTERN)
 _CURRENCY = re.compile(r"^[A-Z]{3}$")

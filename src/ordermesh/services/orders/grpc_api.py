@@ -18,7 +18,6 @@ import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ordermesh.errors import FieldViolation, ValidationError
-from ordermesh.http.problems import error_from_problem
 from ordermesh.orders.v1 import orders_pb2 as pb
 from ordermesh.orders.v1 import orders_pb2_grpc as pb_grpc
 from ordermesh.rpc.context import current_principal
@@ -161,9 +160,10 @@ class OrderGrpcService(pb_grpc.OrderServiceServicer):
             lines,
             request.idempotency_key or None,
         )
-        if outcome.status != 201:
-            raise error_from_problem(outcome.status, outcome.body)
-        return order_pb(orjson.loads(outcome.body))
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.order is not None
+        return order_pb(orjson.loads(outcome.order))
 
     async def StreamOrderUpdates(
         self, request: pb.StreamRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -6,24 +6,13 @@ from __future__ import annotations
 
 import orjson
 
+from ordermesh.contracts.orders import EXCHANGE, ROUTING_KEYS
 from ordermesh.eventstore.model import StoredEvent
 from ordermesh.messaging.port import Message
 from ordermesh.services.orders.projections import STREAM_PREFIX, OrderStates
 from ordermesh.services.orders.service import OrderService
 
-EXCHANGE = "orders"
 RELAY_NAME = "orders-outbox"
-ROUTING_KEYS = {
-    "OrderCreated": "order.created",
-    "PaymentProcessed": "order.paid",
-    "PaymentFailed": "order.payment_failed",
-    "StockReserved": "order.stock_reserved",
-    "StockReservationFailed": "order.stock_reservation_failed",
-    "StockReleased": "order.stock_released",
-    "OrderShipped": "order.shipped",
-    "OrderCancelled": "order.cancelled",
-    "OrderRefunded": "order.refunded",
-}
 
 
 class OrderMessages:
@@ -47,3 +36,6 @@ class OrderMessages:
             causation_id=event.event_id,
             headers={k: str(v) for k, v in event.metadata.items() if k in ("traceparent", "tracestate")},
         )
+
+
+__all__ = ["EXCHANGE", "RELAY_NAME", "ROUTING_KEYS", "OrderMessages"]

@@ -16,7 +16,8 @@ from ordermesh.errors import (
     Unauthenticated,
     ValidationError,
 )
-from ordermesh.http.problems import PROBLEM, documented
+from ordermesh.http.problems import documented
+from ordermesh.problems import PROBLEM, problem_for
 from ordermesh.services.orders.commands import create_order_outcome
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import OrderSystem
@@ -117,10 +118,12 @@ async def create_order(
         _system(request), user, body.user_email, body.currency, lines, idempotency_key
     )
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
-    if outcome.status == 201:
-        headers["Location"] = _order_url(orjson.loads(outcome.body)["id"])
-    media_type = JSON if outcome.status < 400 else PROBLEM
-    return Response(outcome.body, outcome.status, media_type=media_type, headers=headers)
+    if outcome.error is not None:
+        problem = problem_for(outcome.error)
+        return Response(problem.body, problem.status, media_type=PROBLEM, headers=problem.headers | headers)
+    assert outcome.order is not None
+    headers["Location"] = _order_url(orjson.loads(outcome.order)["id"])
+    return Response(outcome.order, 201, media_type=JSON, headers=headers)
 
 
 def _order_url(order_id: str) -> str:

@@ -12,7 +12,7 @@ from ordermesh.eventstore.aggregate import Repository
 from ordermesh.eventstore.memory import MemoryEventStore
 from ordermesh.eventstore.port import EventStore
 from ordermesh.eventstore.sql import SqlEventStore
-from ordermesh.http.idempotency import IdempotencyStore, MemoryIdempotencyStore, SqlIdempotencyStore
+from ordermesh.idempotency import IdempotencyStore, MemoryIdempotencyStore, SqlIdempotencyStore
 from ordermesh.readmodel.memory import MemoryDocStore
 from ordermesh.readmodel.port import DocStore
 from ordermesh.readmodel.projection import Projector

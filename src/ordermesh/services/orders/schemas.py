@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from ordermesh.contracts.orders import EMAIL_PATTERN
 from ordermesh.services.orders.domain import (
-    EMAIL_PATTERN,
     MAX_ITEMS,
     MAX_QUANTITY,
     MAX_UNIT_PRICE,

@@ -4,18 +4,24 @@
 Built from the code's own constants (the outbox's ``ROUTING_KEYS``, the notification service's
 ``QUEUES`` and retry policy, the envelope header names of ``messaging.port``, the ``Order``
 model), so the committed file can be checked against the code: regenerate it with
-``python -m ordermesh.messaging.asyncapi > docs/asyncapi.json``; a test fails when they drift.
+``python -m ordermesh.asyncapi > docs/asyncapi.json``; a test fails when they drift.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+from types import ModuleType
 from typing import Any
 
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from ordermesh import __version__
 from ordermesh.config import Settings
+from ordermesh.contracts import inventory as inventory_contract
+from ordermesh.contracts import payments as payments_contract
+from ordermesh.contracts import shipping as shipping_contract
 from ordermesh.messaging.port import (
     H_ATTEMPT,
     H_CAUSATION,
@@ -42,6 +48,10 @@ RABBITMQ_HOST = "127.0.0.1:5672"
 VHOST = "/"
 PERSISTENT = 2  # AMQP delivery mode of every message (RabbitBroker publishes persistently)
 
+# The other services' published messages (each module: EXCHANGE, ROUTING_KEYS, BODIES). Only their
+# sending is described until their consumers (the order saga) exist.
+CONTRACTS: tuple[ModuleType, ...] = (payments_contract, inventory_contract, shipping_contract)
+
 _SCHEMAS = "#/components/schemas/"
 _MESSAGES = "#/components/messages/"
 _TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
@@ -54,6 +64,11 @@ def _ref(target: str) -> dict[str, str]:
 def _pointer(*parts: str) -> str:
     """A JSON pointer fragment into this document (``~`` and ``/`` escaped)."""
     return "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _published() -> list[tuple[ModuleType, str, type[BaseModel]]]:
+    """(contract module, routing key, body model) of every message in ``CONTRACTS``."""
+    return [(c, key, c.BODIES[key]) for c in CONTRACTS for key in c.ROUTING_KEYS]
 
 
 def _message_name(routing_key: str) -> str:
@@ -100,7 +115,10 @@ def _retry_delays_ms(retry: RetryPolicy) -> list[int]:
 
 def _payload_schemas() -> dict[str, Any]:
     """``Order`` (and what it refers to) as JSON schemas, referring to each other under components."""
-    _, top = models_json_schema([(Order, "serialization")], ref_template=_SCHEMAS + "{model}")
+    mode: JsonSchemaMode = "serialization"
+    bodies: list[type[BaseModel]] = [Order, *(body for _, _, body in _published())]
+    models = [(model, mode) for model in bodies]
+    _, top = models_json_schema(models, ref_template=_SCHEMAS + "{model}")
     schemas: dict[str, Any] = top["$defs"]
     schemas["Order"]["description"] = (
         "The order resource as of the event (the same JSON as the REST API's `GET /api/orders/{id}`): "
@@ -283,6 +301,29 @@ def _messages() -> dict[str, Any]:
                 }
             },
         }
+    for contract, key, body in _published():
+        messages[key] = {
+            "name": key,
+            "title": key,
+            "summary": f"Published by the {contract.EXCHANGE} service (`{contract.__name__}`).",
+            "description": inspect.cleandoc(body.__doc__ or ""),
+            "contentType": CONTENT_TYPE,
+            "correlationId": _ref("#/components/correlationIds/correlationId"),
+            "headers": {
+                "allOf": [
+                    _ref(_SCHEMAS + "EnvelopeHeaders"),
+                    {"type": "object", "properties": {"type": {"const": key}}},
+                ]
+            },
+            "payload": _ref(_SCHEMAS + body.__name__),
+            "bindings": {
+                "amqp": {
+                    "bindingVersion": AMQP_BINDING_VERSION,
+                    "contentEncoding": "utf-8",
+                    "messageType": key,
+                }
+            },
+        }
     messages["DeadLetter"] = {
         "name": "DeadLetter",
         "title": "Dead letter",
@@ -313,6 +354,14 @@ def _exchange_channels() -> dict[str, Any]:
             ),
             "messages": {event: _ref(_MESSAGES + event)},
             "bindings": _exchange_binding(outbox.EXCHANGE),
+        }
+    for contract, key, _ in _published():
+        channels[key] = {
+            "address": key,
+            "title": f"{contract.EXCHANGE} / {key}",
+            "description": f"Routing key `{key}` on the durable topic exchange `{contract.EXCHANGE}`.",
+            "messages": {key: _ref(_pointer("components", "messages", key))},
+            "bindings": _exchange_binding(contract.EXCHANGE),
         }
     return channels
 
@@ -370,6 +419,25 @@ def _operations(channels: dict[str, Any]) -> dict[str, Any]:
                 }
             },
         }
+    for contract, key, _ in _published():
+        operations[f"send_{key}"] = {
+            "action": "send",
+            "title": f"Publish {key}",
+            "description": (
+                f"The {contract.EXCHANGE} service's outbox publishes it, in the same transaction as the "
+                "change it reports, as a persistent mandatory message, waiting for the publisher confirm."
+            ),
+            "channel": _ref(_pointer("channels", key)),
+            "messages": [_ref(_pointer("channels", key, "messages", key))],
+            "bindings": {
+                "amqp": {
+                    "bindingVersion": AMQP_BINDING_VERSION,
+                    "deliveryMode": PERSISTENT,
+                    "mandatory": True,
+                    "timestamp": True,
+                }
+            },
+        }
     for queue, binding_key in notifications.QUEUES.items():
         operations[f"receive_{queue}"] = {
             "action": "receive",
@@ -404,7 +472,9 @@ def asyncapi_document() -> dict[str, Any]:
                 f"Order events on the durable topic exchange `{outbox.EXCHANGE}` (routing keys "
                 "`order.<what happened>`, body = the order resource as of the event) and the queues "
                 "consuming them. The envelope travels in AMQP properties and headers; the body is plain "
-                "JSON. Generated by `python -m ordermesh.messaging.asyncapi`."
+                "JSON. The payment, inventory and shipping services publish on their own exchanges "
+                f"({', '.join(f'`{c.EXCHANGE}`' for c in CONTRACTS)}; bodies in `ordermesh.contracts`). "
+                "Generated by `python -m ordermesh.asyncapi`."
             ),
         },
         "defaultContentType": CONTENT_TYPE,

@@ -1,0 +1,98 @@
+"""RFC 9457 problem documents as bytes, both ways: the codec HTTP servers and HTTP clients share.
+
+No FastAPI or Starlette here (``ordermesh.client`` must work without them); the FastAPI handlers
+that answer with these documents live in ``ordermesh.http.problems``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ordermesh import errors
+
+PROBLEM = "application/problem+json"
+TYPE_PREFIX = "https://ordermesh.dev/problems/"
+
+# The one place where error classes meet HTTP codes; the first matching row wins.
+STATUS: list[tuple[type[errors.OrdermeshError], int, str]] = [
+    (errors.ValidationError, 422, "invalid-input"),
+    (errors.DomainError, 409, "rule-violated"),
+    (errors.NotFound, 404, "not-found"),
+    (errors.ConcurrencyConflict, 409, "concurrent-change"),
+    (errors.Unauthenticated, 401, "unauthenticated"),
+    (errors.PermissionDenied, 403, "forbidden"),
+    (errors.IdempotencyKeyInUse, 409, "idempotency-key-in-use"),
+    (errors.IdempotencyKeyReused, 422, "idempotency-key-reused"),
+    (errors.InfrastructureError, 503, "unavailable"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemDocument:
+    """An answer to an error: its HTTP status and its ``application/problem+json`` body."""
+
+    status: int
+    body: bytes
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+
+
+def problem_body(
+    status: int, slug: str, detail: str, violations: Sequence[dict[str, str]] | None = None
+) -> bytes:
+    body: dict[str, Any] = {
+        "type": TYPE_PREFIX + slug,
+        "title": slug.replace("-", " "),
+        "status": status,
+        "detail": detail,
+        "violations": list(violations or []),
+    }
+    return orjson.dumps(body)
+
+
+def problem_for(exc: errors.OrdermeshError) -> ProblemDocument:
+    """The problem document ``exc`` is answered with (500 for anything the table does not know)."""
+    for cls, status, slug in STATUS:
+        if isinstance(exc, cls):
+            violations = (
+                [{"field": v.field, "description": v.description} for v in exc.violations]
+                if isinstance(exc, errors.ValidationError)
+                else None
+            )
+            return ProblemDocument(status, problem_body(status, slug, str(exc), violations))
+    return ProblemDocument(500, problem_body(500, "internal", "unexpected error"))
+
+
+def error_from_problem(status: int, body: bytes) -> errors.OrdermeshError:
+    """The error a problem document stands for (what clients raise for an HTTP error answer)."""
+    violations: list[errors.FieldViolation] = []
+    try:
+        doc = orjson.loads(body)
+        detail = str(doc.get("detail") or doc)
+        slug = str(doc.get("type", "")).rsplit("/", 1)[-1]
+        violations = [
+            errors.FieldViolation(v["field"], v["description"]) for v in doc.get("violations") or []
+        ]
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+        detail, slug = body.decode(errors="replace")[:500] or f"HTTP {status}", ""
+    if status == 401:
+        return errors.Unauthenticated(detail)
+    if status == 403:
+        return errors.PermissionDenied(detail)
+    if status == 404:
+        return errors.NotFound(detail)
+    if status == 409:
+        if slug == "idempotency-key-in-use":
+            return errors.IdempotencyKeyInUse(detail)
+        return errors.DomainError(detail)
+    if status == 422:
+        if slug == "idempotency-key-reused":
+            return errors.IdempotencyKeyReused(detail)
+        return errors.ValidationError(detail, violations)
+    return errors.InfrastructureError(f"HTTP {status}: {detail}")

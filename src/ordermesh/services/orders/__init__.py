@@ -1,0 +1,1 @@
+"""The order service: event-sourced orders over REST and gRPC."""
