@@ -1,5 +1,5 @@
-"""The shipping client on its own: problem documents become the server's error classes (as the
-server side's ``error_from_problem`` says), it loads no FastAPI, and it retries what is safe."""
+"""The shipping client on its own: it loads no FastAPI, and it retries what is safe. (Problem
+documents become errors through ``ordermesh.problems``, tested with the server side.)"""
 
 from __future__ import annotations
 
@@ -14,35 +14,7 @@ from aiohttp import web
 from ordermesh import errors
 from ordermesh.client import shipping
 from ordermesh.client.shipping import ShippingClient
-from ordermesh.http import problems
 from tests.helpers import free_port
-
-SAMPLES: list[errors.OrdermeshError] = [
-    errors.ValidationError("bad", [errors.FieldViolation("items[0].sku", "no")]),
-    errors.DomainError("no"),
-    errors.NotFound("gone"),
-    errors.ConcurrencyConflict("s", 1, 2),
-    errors.Unauthenticated("who"),
-    errors.PermissionDenied("not you"),
-    errors.IdempotencyKeyInUse("busy"),
-    errors.IdempotencyKeyReused("other"),
-    errors.InfrastructureError("down"),
-]
-
-
-@pytest.mark.parametrize("error", SAMPLES, ids=lambda e: type(e).__name__)
-def test_problems_map_back_as_the_server_side_mapping_does(error: errors.OrdermeshError) -> None:
-    response = problems.error_response(error)
-    ours = shipping.error_from_problem(response.status_code, bytes(response.body))
-    theirs = problems.error_from_problem(response.status_code, bytes(response.body))
-    assert type(ours) is type(theirs) and str(ours) == str(theirs)
-    assert getattr(ours, "violations", None) == getattr(theirs, "violations", None)
-
-
-@pytest.mark.parametrize(("status", "body"), [(500, b"boom"), (400, b"{}"), (404, b"not json"), (418, b"")])
-def test_other_answers_map_as_the_server_side_mapping_does(status: int, body: bytes) -> None:
-    ours, theirs = shipping.error_from_problem(status, body), problems.error_from_problem(status, body)
-    assert type(ours) is type(theirs) and str(ours) == str(theirs)
 
 
 def test_the_client_module_loads_no_fastapi() -> None:

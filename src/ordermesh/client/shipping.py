@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 
 from ordermesh import errors
+from ordermesh.problems import error_from_problem
 
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 
@@ -50,40 +51,6 @@ class Shipment:
     address: Address | None
     scheduled_at: datetime | None
     cancelled_at: datetime | None
-
-
-# The problem document's status (and type, where one status has two meanings) to the error the
-# server raised: the inverse of ``ordermesh.http.problems.STATUS``, kept here so this module needs
-# no FastAPI (a test holds the two together).
-_BY_STATUS: dict[int, type[errors.OrdermeshError]] = {
-    401: errors.Unauthenticated,
-    403: errors.PermissionDenied,
-    404: errors.NotFound,
-    409: errors.DomainError,
-}
-_BY_TYPE: dict[str, type[errors.OrdermeshError]] = {
-    "idempotency-key-in-use": errors.IdempotencyKeyInUse,
-    "idempotency-key-reused": errors.IdempotencyKeyReused,
-}
-
-
-def error_from_problem(status: int, body: bytes) -> errors.OrdermeshError:
-    violations: list[errors.FieldViolation] = []
-    try:
-        doc = orjson.loads(body)
-        detail = str(doc.get("detail") or doc)
-        slug = str(doc.get("type", "")).rsplit("/", 1)[-1]
-        violations = [
-            errors.FieldViolation(v["field"], v["description"]) for v in doc.get("violations") or []
-        ]
-    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
-        detail, slug = body.decode(errors="replace")[:500] or f"HTTP {status}", ""
-    if status in (409, 422) and slug in _BY_TYPE:
-        return _BY_TYPE[slug](detail)
-    if status == 422:
-        return errors.ValidationError(detail, violations)
-    cls = _BY_STATUS.get(status)
-    return cls(detail) if cls is not None else errors.InfrastructureError(f"HTTP {status}: {detail}")
 
 
 def _backoff(attempt: int) -> float:
@@ -209,4 +176,4 @@ class ShippingClient:
         await self.close()
 
 
-__all__ = ["Address", "Shipment", "ShipmentItem", "ShippingClient", "error_from_problem"]
+__all__ = ["Address", "Shipment", "ShipmentItem", "ShippingClient"]

@@ -4,7 +4,7 @@ nothing is re-validated on the way out, which is why reads beat a bare FastAPI e
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
@@ -13,9 +13,9 @@ from starlette.responses import Response
 from ordermesh.auth import Tokens
 from ordermesh.errors import (
     FieldViolation,
-    Unauthenticated,
     ValidationError,
 )
+from ordermesh.http.bearer import SECURED, bearer_credentials, bearer_scheme
 from ordermesh.http.problems import documented
 from ordermesh.problems import PROBLEM, problem_for
 from ordermesh.services.orders.commands import create_order_outcome
@@ -35,24 +35,13 @@ def _system(request: Request) -> OrderSystem:
 
 
 async def current_user(request: Request) -> str:
-    """The bearer token's subject. One plain dependency reading the header itself: FastAPI's
-    ``HTTPBearer`` would add a second dependency per request, a measurable share of a cached
-    read (bench/http_orders.py). The scheme is documented by ``BEARER`` below."""
-    scheme, _, credentials = (request.headers.get("authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        raise Unauthenticated("missing bearer token: send Authorization: Bearer <token>")
+    """The bearer token's subject (the scheme is documented by ``BEARER``)."""
     tokens: Tokens = request.app.state.tokens
-    return tokens.verify(credentials.strip())
+    return tokens.verify(bearer_credentials(request))
 
 
-BEARER = {
-    "HTTPBearer": {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "a token from `ordermesh token USER_ID`",
-    }
-}
-_SECURED: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
+BEARER = bearer_scheme("a token from `ordermesh token USER_ID`")
+_SECURED = SECURED
 User = Annotated[str, Depends(current_user)]
 
 router = APIRouter(prefix="/api", tags=["orders"], responses=documented(401, 422, 503))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
 import orjson
@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
 from ordermesh.auth import Tokens, require_service
-from ordermesh.errors import Unauthenticated
+from ordermesh.http.bearer import SECURED, bearer_credentials, bearer_scheme
 from ordermesh.http.problems import documented
 from ordermesh.services.shipping.domain import ID_PATTERN, Shipment
 from ordermesh.services.shipping.schemas import ScheduleShipment, ShipmentOut, shipment_doc
@@ -19,29 +19,20 @@ from ordermesh.services.shipping.service import ShippingService
 
 JSON = "application/json"
 
-BEARER = {
-    "HTTPBearer": {
-        "type": "http",
-        "scheme": "bearer",
-        "description": "a service token (subject `service:NAME`, `Tokens.issue_service`); "
-        "end users' tokens are refused with 403",
-    }
-}
-_SECURED: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
+BEARER = bearer_scheme(
+    "a service token (subject `service:NAME`, `Tokens.issue_service`); end users' tokens are refused with 403"
+)
+_SECURED = SECURED
 
 OrderId = Annotated[str, Path(pattern=ID_PATTERN, description="the order id")]
 
 
 def service_caller(tokens: Tokens) -> Callable[[Request], Awaitable[str]]:
     """A dependency: the calling service (``service:NAME``) from the bearer token; 401 without a
-    valid token, 403 for an end user's. (The same reading of the header as the order API's
-    ``current_user``; one plain dependency rather than FastAPI's ``HTTPBearer``.)"""
+    valid token, 403 for an end user's."""
 
     async def caller(request: Request) -> str:
-        scheme, _, credentials = (request.headers.get("authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise Unauthenticated("missing bearer token: send Authorization: Bearer <service token>")
-        return require_service(tokens.verify(credentials.strip()))
+        return require_service(tokens.verify(bearer_credentials(request)))
 
     return caller
 
