@@ -28,7 +28,6 @@ from ordermesh.services.payments import cli as payments_cli
 from ordermesh.services.shipping import cli as shipping_cli
 
 if TYPE_CHECKING:
-    from ordermesh.eventstore.subscription import CheckpointStore
     from ordermesh.messaging.port import Broker, DeadLetter
 
 app = typer.Typer(
@@ -403,12 +402,6 @@ def dlq_replay(
     console.print(f"replayed {count} dead letter(s)")
 
 
-async def _outbox_checkpoints(system: OrderSystem) -> CheckpointStore:
-    from ordermesh.eventstore.subscription import MemoryCheckpoints, SqlCheckpoints
-
-    return await SqlCheckpoints.open(system.db) if system.db else MemoryCheckpoints()
-
-
 async def _open_configured_broker() -> Broker:
     """The broker of ``ORDERMESH_BROKER_URL``; a malformed URL is a usage error, not a traceback."""
     from ordermesh.messaging import open_broker
@@ -425,9 +418,10 @@ def outbox_status(as_json: JsonFlag = False) -> None:
     """How far the order events have been published to the broker, and what is parked."""
     from ordermesh.messaging.relay import Parked, ParkingLot
     from ordermesh.services.orders.outbox import RELAY_NAME
+    from ordermesh.services.orders.spec import relay_checkpoints
 
     async def work(system: OrderSystem) -> tuple[int, int, list[Parked]]:
-        checkpoints = await _outbox_checkpoints(system)
+        checkpoints = await relay_checkpoints(system)
         parked = await (await ParkingLot.open(system.db)).all()
         return await checkpoints.load(RELAY_NAME), await system.store.head_position(), parked
 
@@ -472,25 +466,16 @@ def outbox_status(as_json: JsonFlag = False) -> None:
 @outbox_app.command("replay")
 def outbox_replay() -> None:
     """Publish the parked messages again; exit 1 if some still reach no queue."""
-    from ordermesh.messaging.relay import OutboxRelay, ParkingLot
-    from ordermesh.services.orders.outbox import EXCHANGE, RELAY_NAME, OrderMessages
+    from ordermesh.messaging.relay import ParkingLot
+    from ordermesh.services.orders.outbox import EXCHANGE
+    from ordermesh.services.orders.spec import relay_for
 
     async def work(system: OrderSystem) -> tuple[int, int]:
-        parking = await ParkingLot.open(system.db)
-        if not await parking.all():
+        if not await (await ParkingLot.open(system.db)).all():
             return 0, 0  # nothing to send: no reason to require a reachable broker
         broker = await _open_configured_broker()
         try:
-            # Built as `ordermesh up` builds it (runner.serve_all), so replay follows its rules.
-            relay = OutboxRelay(
-                system.store,
-                await _outbox_checkpoints(system),
-                broker,
-                EXCHANGE,
-                OrderMessages(system.service),
-                name=RELAY_NAME,
-                parking=parking,
-            )
+            relay = await relay_for(system, broker)  # the service's own relay, so its rules
             # As the relay does before it publishes: a missing exchange would make every message
             # unroutable, whatever is bound.
             await broker.declare_exchange(EXCHANGE)
