@@ -397,47 +397,42 @@ def _queue_channels() -> dict[str, Any]:
     return channels
 
 
+def _send(key: str, message: str, description: str) -> dict[str, Any]:
+    """A publish operation: persistent, mandatory, confirmed."""
+    return {
+        "action": "send",
+        "title": f"Publish {key}",
+        "description": description,
+        "channel": _ref(_pointer("channels", key)),
+        "messages": [_ref(_pointer("channels", key, "messages", message))],
+        "bindings": {
+            "amqp": {
+                "bindingVersion": AMQP_BINDING_VERSION,
+                "deliveryMode": PERSISTENT,
+                "mandatory": True,
+                "timestamp": True,
+            }
+        },
+    }
+
+
 def _operations(channels: dict[str, Any]) -> dict[str, Any]:
     operations: dict[str, Any] = {}
     for event, key in outbox.ROUTING_KEYS.items():
-        operations[f"send{event}"] = {
-            "action": "send",
-            "title": f"Publish {key}",
-            "description": (
-                f"The order service's outbox relay (`{outbox.RELAY_NAME}`) publishes every stored "
-                f"`{event}` event, in order, as a persistent mandatory message and waits for the "
-                "publisher confirm: an event no queue is bound to is an error, never lost silently."
-            ),
-            "channel": _ref(_pointer("channels", key)),
-            "messages": [_ref(_pointer("channels", key, "messages", event))],
-            "bindings": {
-                "amqp": {
-                    "bindingVersion": AMQP_BINDING_VERSION,
-                    "deliveryMode": PERSISTENT,
-                    "mandatory": True,
-                    "timestamp": True,
-                }
-            },
-        }
+        operations[f"send{event}"] = _send(
+            key,
+            event,
+            f"The order service's outbox relay (`{outbox.RELAY_NAME}`) publishes every stored "
+            f"`{event}` event, in order, as a persistent mandatory message and waits for the "
+            "publisher confirm: an event no queue is bound to is an error, never lost silently.",
+        )
     for contract, key, _ in _published():
-        operations[f"send_{key}"] = {
-            "action": "send",
-            "title": f"Publish {key}",
-            "description": (
-                f"The {contract.EXCHANGE} service's outbox publishes it, in the same transaction as the "
-                "change it reports, as a persistent mandatory message, waiting for the publisher confirm."
-            ),
-            "channel": _ref(_pointer("channels", key)),
-            "messages": [_ref(_pointer("channels", key, "messages", key))],
-            "bindings": {
-                "amqp": {
-                    "bindingVersion": AMQP_BINDING_VERSION,
-                    "deliveryMode": PERSISTENT,
-                    "mandatory": True,
-                    "timestamp": True,
-                }
-            },
-        }
+        operations[f"send_{key}"] = _send(
+            key,
+            key,
+            f"The {contract.EXCHANGE} service's outbox publishes it, in the same transaction as the "
+            "change it reports, as a persistent mandatory message, waiting for the publisher confirm.",
+        )
     for queue, binding_key in notifications.QUEUES.items():
         operations[f"receive_{queue}"] = {
             "action": "receive",

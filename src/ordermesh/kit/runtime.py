@@ -118,11 +118,16 @@ class Runtime:
             self.ready_check(connected)
         return self._broker
 
-    async def outbox(self) -> SqlOutbox:
-        """An outbox table in the service's database, published to the broker in the background."""
+    async def outbox(self, *exchanges: str) -> SqlOutbox:
+        """An outbox table in the service's database, published to the broker in the background.
+        ``exchanges`` (those the service publishes to) are declared first: the publisher's first
+        try would otherwise find none and park every message as unroutable."""
+        broker = await self.broker()
+        for exchange in exchanges:
+            await broker.declare_exchange(exchange)
         if self._outbox is None:
             outbox = await SqlOutbox.open(await self.database())
-            publisher = OutboxPublisher(outbox, await self.broker())
+            publisher = OutboxPublisher(outbox, broker)
             self.background("outbox-publisher", publisher.run)
             self._outbox = outbox
         return self._outbox

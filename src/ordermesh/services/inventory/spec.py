@@ -11,11 +11,7 @@ from ordermesh.services.inventory.store import InventoryStore
 
 
 async def build(rt: Runtime) -> None:
-    db = await rt.database()
-    broker = await rt.broker()
-    # Declared before the publisher's first try, which would otherwise find no exchange.
-    await broker.declare_exchange(EXCHANGE)
-    store = await InventoryStore.open(db, await rt.outbox(), rt.clock)
+    store = await InventoryStore.open(await rt.database(), await rt.outbox(EXCHANGE), rt.clock)
     await store.seed()
     rt.grpc(InventoryGrpcService(store).register, SERVICE_NAME)
 

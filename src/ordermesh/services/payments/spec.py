@@ -15,9 +15,8 @@ from ordermesh.services.payments.store import PaymentStore
 
 async def build(rt: Runtime) -> None:
     store = await PaymentStore.open(await rt.database())
-    # Declared before the outbox publisher's first try, which would otherwise find no exchange.
-    await (await rt.broker()).declare_exchange(EXCHANGE)
-    service = PaymentService(store, await rt.outbox(), SimulatedProvider.from_settings(rt.settings), rt.clock)
+    provider = SimulatedProvider.from_settings(rt.settings)
+    service = PaymentService(store, await rt.outbox(EXCHANGE), provider, rt.clock)
     rt.grpc(PaymentGrpcService(service).register, SERVICE_NAME)
 
 

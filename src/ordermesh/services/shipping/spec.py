@@ -10,11 +10,7 @@ from ordermesh.services.shipping.service import ShippingService
 
 
 async def build(rt: Runtime) -> None:
-    db = await rt.database()
-    broker = await rt.broker()
-    # Declared before the publisher's first try, which would otherwise find no exchange.
-    await broker.declare_exchange(EXCHANGE)
-    service = await ShippingService.open(db, await rt.outbox(), rt.clock)
+    service = await ShippingService.open(await rt.database(), await rt.outbox(EXCHANGE), rt.clock)
     rt.app.include_router(shipping_router(rt.tokens, lambda: service))
 
 
