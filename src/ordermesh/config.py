@@ -23,7 +23,7 @@ from ordermesh.errors import ConfigError
 DEV_JWT_SECRET = "ordermesh-development-secret-change-me"
 ENV_PREFIX = "ORDERMESH_"
 
-Port = Annotated[int, Field(ge=0, le=65535)]
+Port = Annotated[int, Field(ge=0, le=65535)]  # 0: any free port (the log line says which)
 ServiceName = Literal["orders", "payments", "inventory", "shipping", "notifications"]
 SERVICES: tuple[ServiceName, ...] = ("orders", "payments", "inventory", "shipping", "notifications")
 
@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     http_port: Port = Field(8000, description="the order service's REST API")
     grpc_port: Port = Field(50051, description="the order service's gRPC API")
     notifications_http_port: Port = Field(
-        8001, description="the notification service's `/livez`, `/readyz`, `/metrics` (0: none)"
+        8001, description="the notification service's `/livez`, `/readyz`, `/metrics`"
     )
     payments_http_port: Port = Field(
         8002, description="the payment service's `/livez`, `/readyz`, `/metrics`"

@@ -21,6 +21,7 @@ from ordermesh.kit.testing import running
 from ordermesh.messaging.port import Message
 from ordermesh.services.orders.grpc_api import SERVICE_NAME as ORDERS
 from ordermesh.services.orders.spec import SPEC as ORDERS_SPEC
+from tests.conftest import AMQP_URL, require_rabbitmq
 from tests.helpers import Collector
 
 
@@ -242,3 +243,38 @@ async def test_production_mode_keeps_nothing_local(pg_url: str, tmp_path: Path) 
         )
         assert row is not None and str(row[0]).endswith("_notifications")
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.rabbitmq
+def test_a_refused_broker_login_is_one_line_about_the_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_rabbitmq()
+    assert "guest:guest@" in AMQP_URL
+    env = {
+        "ORDERMESH_BROKER_URL": AMQP_URL.replace("guest:guest@", "guest:wrong@"),
+        "ORDERMESH_PAYMENTS_HTTP_PORT": "0",
+        "ORDERMESH_PAYMENTS_GRPC_PORT": "0",
+        "ORDERMESH_DATA_DIR": str(tmp_path),
+    }
+
+    async def build(rt: Runtime) -> None:
+        await rt.broker()
+
+    assert main(spec_of(build), env) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("payments: RabbitMQ at amqp://guest:***@") and err.count("\n") == 1, err
+    assert "refused the login" in err and "check the user and password" in err
+    assert "rabbitmq-server" not in err  # the server is running: starting one would not help
+
+
+@pytest.mark.rabbitmq
+async def test_a_broker_prefix_is_a_dotted_namespace() -> None:
+    require_rabbitmq()
+    from ordermesh.messaging import open_broker
+
+    broker = await open_broker(f"{AMQP_URL}?prefix=dev")
+    try:
+        assert broker.prefix == "dev."  # type: ignore[attr-defined]  # dev.orders, not devorders
+    finally:
+        await broker.close()
