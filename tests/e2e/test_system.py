@@ -374,3 +374,27 @@ def test_run_serves_one_service_and_sigterm_drains_it_to_exit_0(tmp_path: Path, 
             proc.kill()
     assert proc.returncode == 0, err
     assert f"{service}: stopped" in err
+
+
+def _running(pid: str) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_9_of_up_takes_its_services_and_ports_with_it(tmp_path: Path) -> None:
+    proc, _, env = start_up(tmp_path)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 0.5  # the kernel kills the children at once (reaping is init's)
+    alive = ["?"]
+    while alive and time.monotonic() < deadline:
+        listed = subprocess.run(["pgrep", "-f", env["ORDERMESH_DATA_DIR"]], capture_output=True, text=True)
+        alive = [pid for pid in listed.stdout.split() if _running(pid)]
+        time.sleep(0.05)
+    assert alive == [], f"services outlived their supervisor: {alive}"
+    # and so a restart on the same ports starts at once
+    again, _, _ = start_up(tmp_path, int(env["ORDERMESH_HTTP_PORT"]), int(env["ORDERMESH_GRPC_PORT"]))
+    again.send_signal(signal.SIGINT)
+    assert again.wait(30) == 0
