@@ -17,7 +17,7 @@ import jwt
 
 from ordermesh.clock import Clock, SystemClock
 from ordermesh.config import Settings
-from ordermesh.errors import PermissionDenied, Unauthenticated, ValidationError
+from ordermesh.errors import FieldViolation, PermissionDenied, Unauthenticated, ValidationError
 
 ALGORITHM = "HS256"
 USER_ID = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
@@ -39,11 +39,18 @@ class Tokens:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._clock = clock or SystemClock()
+        self.max_ttl = timedelta(hours=settings.jwt_max_ttl_hours)
         self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._cache_size = cache_size
 
     def issue(self, user_id: str, ttl: timedelta = timedelta(hours=12), **claims: Any) -> str:
         check_user_id(user_id)
+        if not timedelta(0) < ttl <= self.max_ttl:
+            raise ValidationError(
+                f"a token lives more than 0 and at most {self.max_ttl.total_seconds() / 3600:g} hours "
+                "(ORDERMESH_JWT_MAX_TTL_HOURS)",
+                [FieldViolation("ttl", "out of range")],
+            )
         now = self._clock.now()
         payload = {
             "sub": user_id,
@@ -84,6 +91,8 @@ class Tokens:
         exp = float(claims["exp"])
         if now >= exp:
             raise Unauthenticated("token expired")
+        if exp - now > self.max_ttl.total_seconds() + 60:  # a minute of clock skew
+            raise Unauthenticated("token lives longer than this server accepts (ORDERMESH_JWT_MAX_TTL_HOURS)")
         subject = claims["sub"]
         if not isinstance(subject, str) or not USER_ID.fullmatch(subject):
             raise Unauthenticated("invalid token: bad subject")

@@ -17,9 +17,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from ordermesh.auth import Tokens
-from ordermesh.config import ServiceName, Settings
-from ordermesh.errors import ConfigError, NotFound, OrdermeshError
+from ordermesh.auth import Tokens, check_user_id
+from ordermesh.config import ServiceName, Settings, redact_urls
+from ordermesh.errors import ConfigError, NotFound, OrdermeshError, ValidationError
 from ordermesh.kit.console import JsonFlag, console, fail, print_json, run
 from ordermesh.services.inventory import cli as inventory_cli
 from ordermesh.services.orders.events import OrderLine
@@ -98,8 +98,16 @@ def token(
     ttl_hours: Annotated[float, typer.Option(help="lifetime in hours")] = 12.0,
 ) -> None:
     """Print a development bearer token for USER_ID (signed with ORDERMESH_JWT_SECRET)."""
+    tokens = Tokens(_settings())
+    cap = tokens.max_ttl.total_seconds() / 3600
+    if not 0 < ttl_hours <= cap:  # NaN fails this too, before timedelta could overflow on 1e20
+        fail(
+            ValidationError(
+                f"--ttl-hours must be more than 0 and at most {cap:g} (ORDERMESH_JWT_MAX_TTL_HOURS)"
+            )
+        )
     try:
-        value = Tokens(_settings()).issue(user_id, ttl=timedelta(hours=ttl_hours))
+        value = tokens.issue(user_id, ttl=timedelta(hours=ttl_hours))
     except OrdermeshError as exc:
         fail(exc)
     print(value)
@@ -107,7 +115,8 @@ def token(
 
 def _parse_item(text: str) -> OrderLine:
     parts = text.rsplit(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+    # isdecimal and ASCII: "²" is a digit to isdigit() but no number to int().
+    if len(parts) != 3 or not all(p.isascii() and p.isdecimal() for p in parts[1:]):
         raise typer.BadParameter(f"{text!r}: expected SKU:QUANTITY:UNIT_PRICE, e.g. SKU-1:2:1250")
     return OrderLine(parts[0], int(parts[1]), int(parts[2]))
 
@@ -141,6 +150,10 @@ def order_create(
 ) -> None:
     """Create an order."""
     lines = [_parse_item(i) for i in item]
+    try:
+        check_user_id(user)  # an order its owner could never read over REST or gRPC is refused
+    except ValidationError as exc:
+        fail(exc)
     order = _run(lambda s: s.service.create_order(user, email, currency, lines))
     if as_json:
         print_json(order)
@@ -534,11 +547,12 @@ def info(as_json: JsonFlag = False) -> None:
         ports: dict[str, int] = {"http": getattr(settings, spec.http_port)}
         if spec.grpc_port:
             ports["grpc"] = getattr(settings, spec.grpc_port)
-        services.append({"service": name, "database": settings.service_database_url(name), "ports": ports})
+        database = redact_urls(settings.service_database_url(name))
+        services.append({"service": name, "database": database, "ports": ports})
     data: dict[str, Any] = {
         "data_dir": str(settings.data_dir.resolve()),
-        "broker": settings.effective_broker_url,
-        "smtp": settings.effective_smtp_url,
+        "broker": redact_urls(settings.effective_broker_url),
+        "smtp": redact_urls(settings.effective_smtp_url),
         "host": settings.http_host,
         "services": services,
     }
@@ -565,7 +579,9 @@ def openapi() -> None:
 
 
 def main() -> None:
+    from ordermesh.config import private_files
     from ordermesh.tuning import tune_gc
 
     tune_gc()  # every ordermesh process: the server, the notification service, rebuilds
+    private_files()
     app()

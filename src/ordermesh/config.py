@@ -9,7 +9,9 @@ test fails when the README drifts from it).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -58,6 +60,9 @@ class Settings(BaseSettings):
     )
     jwt_issuer: str = Field("ordermesh", description="`iss` of issued tokens, checked on every call")
     jwt_audience: str = Field("ordermesh-api", description="`aud` of issued tokens, checked on every call")
+    jwt_max_ttl_hours: float = Field(
+        24.0, gt=0, description="the longest lifetime a token may have; longer-lived tokens are refused"
+    )
     http_host: str = Field(
         "127.0.0.1", description="the interface every listener binds (`0.0.0.0` in a container)"
     )
@@ -152,6 +157,27 @@ class Settings(BaseSettings):
     def uses_dev_secret(self) -> bool:
         return self.jwt_secret == DEV_JWT_SECRET
 
+    @property
+    def loopback_only(self) -> bool:
+        """Whether the listeners are reachable from this machine alone."""
+        if self.http_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.http_host).is_loopback
+        except ValueError:
+            return False  # a name: it may resolve to anything
+
+    def check_exposure(self) -> None:
+        """``ConfigError`` for a setup that lets anyone in: the development JWT secret is in the
+        source, so with it anyone can sign a token for any user; fine on loopback, not beyond."""
+        if self.uses_dev_secret and not self.loopback_only:
+            raise ConfigError(
+                f"ORDERMESH_JWT_SECRET is the development default (published in the source) and "
+                f"ORDERMESH_HTTP_HOST={self.http_host!r} is reachable from other machines: set "
+                "ORDERMESH_JWT_SECRET to a secret of your own",
+                "ORDERMESH_JWT_SECRET",
+            )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``env`` (default: the process environment); ``ConfigError`` names the first bad
@@ -170,9 +196,28 @@ def with_schema(url: str, service: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+_CREDENTIALS = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]*)@", re.I
+)
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``: what we print or log
+    never carries a credential (``postgresql://app:s3cret@db/x`` -> ``postgresql://app:***@db/x``)."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
 def schema_of(url: str) -> str | None:
     """The ``search_path`` a PostgreSQL URL selects, if any."""
     return next((v for k, v in parse_qsl(urlsplit(url).query) if k == "search_path"), None)
+
+
+def private_files(data_dir: Path | None = None) -> None:
+    """What this process creates is its user's alone (databases, the mail sink's mail: personal
+    data): files 0600, folders 0700; ``data_dir``, if it exists already, is made 0700 too."""
+    os.umask(0o077)
+    if data_dir is not None and data_dir.is_dir():
+        data_dir.chmod(0o700)
 
 
 def load(env: Mapping[str, str] | None = None) -> Settings:

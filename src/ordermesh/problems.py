@@ -16,6 +16,7 @@ from ordermesh import errors
 
 PROBLEM = "application/problem+json"
 TYPE_PREFIX = "https://ordermesh.dev/problems/"
+RETRY_UNAVAILABLE_AFTER = 1  # seconds, on every 503
 
 # The one place where error classes meet HTTP codes; the first matching row wins.
 STATUS: list[tuple[type[errors.OrdermeshError], int, str]] = [
@@ -40,7 +41,12 @@ class ProblemDocument:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if self.status == 401:
+            return {"WWW-Authenticate": "Bearer"}
+        if self.status == 503:
+            # A backing service is down: worth retrying soon, and every client knows this header.
+            return {"Retry-After": str(RETRY_UNAVAILABLE_AFTER)}
+        return {}
 
 
 def problem_body(
@@ -56,7 +62,7 @@ def problem_body(
     return orjson.dumps(body)
 
 
-def problem_for(exc: errors.OrdermeshError) -> ProblemDocument:
+def problem_for(exc: BaseException) -> ProblemDocument:
     """The problem document ``exc`` is answered with (500 for anything the table does not know)."""
     for cls, status, slug in STATUS:
         if isinstance(exc, cls):

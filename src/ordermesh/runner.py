@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ordermesh import catalog, tracing, tuning
 from ordermesh.auth import Tokens
-from ordermesh.config import SERVICES, Settings
+from ordermesh.config import SERVICES, Settings, private_files, redact_urls
 from ordermesh.errors import OrdermeshError
 from ordermesh.kit.supervisor import Child, check_ports, supervise
 from ordermesh.services.notifications.sink import start_mail_sink
@@ -27,7 +27,8 @@ from ordermesh.services.notifications.sink import start_mail_sink
 
 async def serve_all(settings: Settings, console: Console) -> None:
     specs = [catalog.spec(name) for name in SERVICES]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_files(settings.data_dir)
     sink = None
     if not settings.smtp_url:
         sink = await start_mail_sink("127.0.0.1", settings.mail_sink_port, settings.data_dir / "mail.jsonl")
@@ -53,9 +54,11 @@ def _banner(settings: Settings, children: Sequence[Child], console: Console) -> 
         style = "green" if child.state == "ready" else "red"
         table.add_row(child.name, f"[{style}]{child.state}[/{style}]", child.addresses, child.health_url)
     console.print(table, soft_wrap=True)
-    console.print(f"broker        {settings.effective_broker_url}   (`ordermesh dlq list`)", soft_wrap=True)
+    console.print(
+        f"broker        {redact_urls(settings.effective_broker_url)}   (`ordermesh dlq list`)", soft_wrap=True
+    )
     mail = "embedded sink (`ordermesh mail list`)" if not settings.smtp_url else "external"
-    console.print(f"mail          {settings.effective_smtp_url}   {mail}")
+    console.print(f"mail          {redact_urls(settings.effective_smtp_url)}   {mail}")
     console.print(f"data          {settings.data_dir.resolve()}   (`ordermesh info`)", soft_wrap=True)
     if settings.uses_dev_secret:
         console.print(
@@ -85,9 +88,10 @@ def run_system(
     settings = settings.model_copy(update=overrides)
     tracing.configure_logging()  # the supervisor's lines and the services', with the trace id
     try:
+        settings.check_exposure()
         check_ports(settings, [catalog.spec(name) for name in SERVICES])
         tuning.serve(serve_all(settings, console))
     except OrdermeshError as exc:
-        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {redact_urls(str(exc))}", soft_wrap=True)
         return 1
     return 0

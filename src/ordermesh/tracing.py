@@ -19,6 +19,8 @@ import re
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
+from ordermesh.config import redact_urls
+
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 _current: ContextVar[str | None] = ContextVar("ordermesh_traceparent", default=None)
 _state: ContextVar[str | None] = ContextVar("ordermesh_tracestate", default=None)
@@ -112,9 +114,33 @@ def install_log_filter(logger: logging.Logger | None = None) -> None:
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(trace_id)s]: %(message)s"
 
 
+# C0 controls, DEL and the Unicode line and paragraph separators: anything that could end a log
+# line early or forge the start of another one.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n`` -> ``\\x0a``): a value in a log line
+    (a message id, an order id) cannot split it or forge a line of its own."""
+    return text if text.isprintable() else text.translate(_CONTROLS)
+
+
+class SafeFormatter(logging.Formatter):
+    """The message of a record on one line, with any URL's password redacted. A traceback
+    (``exc_info``) still follows on lines of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(redact_urls(record.message))
+        return super().formatMessage(record)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """Our processes' log setup: INFO lines with the trace id, unless the host application
-    configured logging already (then only the filter is added, its format may use the field)."""
-    if not logging.getLogger().handlers:
+    """Our processes' log setup: INFO lines with the trace id, each on one line with credentials
+    redacted, unless the host application configured logging already (then only the filter is
+    added, its format may use the field)."""
+    root = logging.getLogger()
+    if not root.handlers:
         logging.basicConfig(level=level, format=LOG_FORMAT)
+        for handler in root.handlers:
+            handler.setFormatter(SafeFormatter(LOG_FORMAT))
     install_log_filter()

@@ -304,3 +304,23 @@ async def test_a_legacy_pika_publisher_gets_a_mail_sent(sink: MailSink, tmp_path
         assert mail.message_id == f"<{expected_id}@ordermesh>"
         await eventually(lambda: service.handler.duplicates == 1, timeout=20)
         assert len(sink.received) == 1
+
+
+async def test_a_mail_that_cannot_be_written_is_dead_lettered_at_once_and_logged(
+    sink: MailSink, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # U+2028 is a line separator to Python's email package, which refuses it in a header: no
+    # retry could ever send it, so it must not ride the retry queues for twenty minutes.
+    broker = MemoryBroker()
+    async with running(broker, sink.port, tmp_path, prefetch=1):
+        unwritable = Message.json("order.created", order("o\u20286"))
+        await broker.publish("orders", [unwritable, Message.json("order.created", order("o-7"))])
+        [letter] = await dead_letters(broker, "notifications.order_created", 1)
+        assert letter.id == unwritable.message_id and letter.attempts == 1
+        assert "cannot be rendered" in letter.error
+        (mail,) = await sink.wait_for(1)
+        assert mail.subject == "Order o-7 confirmed"
+    assert any(
+        "dead-lettered at once" in r.getMessage() and unwritable.message_id in r.getMessage()
+        for r in caplog.records
+    )

@@ -10,6 +10,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from ordermesh.config import redact_urls
 from ordermesh.db.port import Dialect, Row, Tx
 from ordermesh.errors import InfrastructureError
 
@@ -95,7 +96,7 @@ class PostgresDb:
                 url, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
             )
         except (OSError, asyncpg.PostgresError) as exc:
-            raise InfrastructureError(f"cannot connect to PostgreSQL at {url}: {exc}") from exc
+            raise InfrastructureError(f"cannot connect to PostgreSQL at {redact_urls(url)}: {exc}") from exc
         db = cls(url, pool)
         schema = _search_path(url)
         if schema:
@@ -153,7 +154,9 @@ class PostgresDb:
             raise self._down(exc) from exc
 
     def _down(self, exc: BaseException) -> InfrastructureError:
-        return InfrastructureError(f"PostgreSQL at {self.url} is unavailable: {type(exc).__name__}: {exc}")
+        return InfrastructureError(
+            f"PostgreSQL at {redact_urls(self.url)} is unavailable: {type(exc).__name__}: {exc}"
+        )
 
     async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call ``callback(payload)`` for every NOTIFY on ``channel`` (one dedicated connection)."""
@@ -169,7 +172,7 @@ class PostgresDb:
         try:
             await self._pool.fetchval("SELECT 1", timeout=2)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise InfrastructureError(f"PostgreSQL at {self.url}: {exc}") from exc
+            raise InfrastructureError(f"PostgreSQL at {redact_urls(self.url)}: {exc}") from exc
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -19,9 +19,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ordermesh.config import load
+from ordermesh.config import load, redact_urls
 from ordermesh.db import SqlDb, connect
-from ordermesh.errors import ConfigError, OrdermeshError
+from ordermesh.errors import ConfigError, OrdermeshError, ValidationError
 
 T = TypeVar("T")
 
@@ -38,10 +38,11 @@ def print_json(data: Any) -> None:
 
 
 def fail(exc: OrdermeshError) -> NoReturn:
-    """One line on stderr; exit 2 for a malformed setting (a usage error), else 1."""
+    """One line on stderr; exit 2 for bad input (a malformed setting or argument: a usage
+    error, as typer says it), else 1."""
     # Escaped: an error's text may hold brackets rich would take for markup.
-    errors.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
-    raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from exc
+    errors.print(f"[red]error:[/red] {escape(redact_urls(str(exc)))}", soft_wrap=True, highlight=False)
+    raise typer.Exit(2 if isinstance(exc, ConfigError | ValidationError) else 1) from exc
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

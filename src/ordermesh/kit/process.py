@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 
 from ordermesh import tracing, tuning
-from ordermesh.config import Settings, load
+from ordermesh.config import Settings, load, private_files, redact_urls
 from ordermesh.errors import OrdermeshError
 from ordermesh.kit.runtime import ServiceSpec, started
 
@@ -83,9 +83,10 @@ def main(spec: ServiceSpec, env: Mapping[str, str] | None = None) -> int:
     try:
         settings = load(source)
     except OrdermeshError as exc:
-        print(f"{spec.name}: {exc}", file=sys.stderr)
+        print(f"{spec.name}: {redact_urls(str(exc))}", file=sys.stderr)
         return 1
     tracing.configure_logging()
+    private_files(settings.data_dir)
     parent = int(source.get(PARENT_PID) or 0)
     if parent:
         die_with(parent)
@@ -94,7 +95,7 @@ def main(spec: ServiceSpec, env: Mapping[str, str] | None = None) -> int:
     except (OrdermeshError, ValueError) as exc:
         # A port in use, a database or broker that refuses us, a malformed URL: say which and
         # what to do, in one line; the exit stack has already closed what was opened.
-        print(f"{spec.name}: {exc}", file=sys.stderr)
+        print(f"{spec.name}: {redact_urls(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass

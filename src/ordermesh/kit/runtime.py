@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 
 from ordermesh.auth import Tokens
 from ordermesh.clock import Clock, SystemClock
-from ordermesh.config import Settings
+from ordermesh.config import Settings, redact_urls
 from ordermesh.db import SqlDb, connect
 from ordermesh.errors import InfrastructureError
 from ordermesh.http.app import create_app
@@ -75,7 +75,7 @@ class Runtime:
     _db: SqlDb | None = None
     _broker: Broker | None = None
     _outbox: SqlOutbox | None = None
-    _checks: list[Check] = field(default_factory=list)
+    _checks: list[tuple[Check, str | None]] = field(default_factory=list)
     _drains: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
     _loops: list[tuple[str, Loop]] = field(default_factory=list)
     _grpc: list[tuple[Register, str]] = field(default_factory=list)
@@ -101,7 +101,7 @@ class Runtime:
             db = await connect(self.database_url)
             self.stack.push_async_callback(db.close)
             self._db = db
-            self.ready_check(db.ping)
+            self.ready_check(db.ping, "database")
         return self._db
 
     async def broker(self) -> Broker:
@@ -115,7 +115,7 @@ class Runtime:
                 if not broker.connected:
                     raise InfrastructureError("the broker connection is down (reconnecting)")
 
-            self.ready_check(connected)
+            self.ready_check(connected, "broker")
         return self._broker
 
     async def outbox(self, *exchanges: str) -> SqlOutbox:
@@ -141,9 +141,12 @@ class Runtime:
         """``run(stop)`` runs from start-up until shutdown sets ``stop``; it is awaited then."""
         self._loops.append((name, run))
 
-    def ready_check(self, check: Check) -> None:
-        """``check()`` raises ``InfrastructureError`` (saying why) while the service is not ready."""
-        self._checks.append(check)
+    def ready_check(self, check: Check, dependency: str | None = None) -> None:
+        """``check()`` raises ``InfrastructureError`` while the service is not ready. With a
+        ``dependency`` named, ``/readyz`` (which anyone may call) says only that it is unavailable;
+        the error itself, which may hold an address, goes to the log. Without, its message is
+        ``/readyz``'s answer."""
+        self._checks.append((check, dependency))
 
     def on_drain(self, drain: Callable[[], Awaitable[None] | None]) -> None:
         """Called first at shutdown, while the listeners still answer (end streams, stop consuming)."""
@@ -154,8 +157,14 @@ class Runtime:
             raise InfrastructureError(f"{self.name}: stopping")
         if not self.started:
             raise InfrastructureError(f"{self.name}: starting")
-        for check in self._checks:
-            await check()
+        for check, dependency in self._checks:
+            try:
+                await check()
+            except InfrastructureError as exc:
+                if dependency is None:
+                    raise
+                log.warning("%s: not ready: %s", self.name, redact_urls(str(exc)))
+                raise InfrastructureError(f"{self.name}: {dependency} unavailable") from exc
 
 
 @contextlib.asynccontextmanager
@@ -163,6 +172,7 @@ async def started(
     spec: ServiceSpec, settings: Settings, clock: Clock | None = None
 ) -> AsyncIterator[Runtime]:
     """The service, built and serving, until the block ends (then drained and closed)."""
+    settings.check_exposure()
     async with contextlib.AsyncExitStack() as stack:
         rt = _runtime(spec, settings, clock, stack)
         host = settings.http_host

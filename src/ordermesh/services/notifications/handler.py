@@ -159,7 +159,7 @@ class NotificationHandler:
             headers["Traceparent"] = traceparent
             if tracestate := tracing.current_state():
                 headers["Tracestate"] = tracestate
-        return Mail(
+        mail = Mail(
             to=order.user_email,
             subject=subject.format(id=order.order_id),
             body=render_body(delivery.message.routing_key, order),
@@ -167,6 +167,13 @@ class NotificationHandler:
             sender=self.sender,
             headers=headers,
         )
+        try:
+            mail.to_email()  # written once here: what cannot be written is no mail-server outage
+        except PermanentError as exc:
+            where = f"message {delivery.message.message_id} ({delivery.message.routing_key})"
+            log.warning("%s: dead-lettered at once: %s", where, exc)
+            raise PermanentError(f"{where}: {exc}") from exc
+        return mail
 
     async def __call__(self, delivery: Delivery) -> None:
         mail = self.build_mail(delivery)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.errors import MessageError
 from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Protocol
@@ -40,15 +41,20 @@ class Mail:
     headers: dict[str, str] = field(default_factory=dict)
 
     def to_email(self) -> EmailMessage:
-        msg = EmailMessage()
-        msg["From"] = self.sender
-        msg["To"] = self.to
-        msg["Subject"] = self.subject
-        msg["Message-ID"] = self.message_id
-        msg["Date"] = format_datetime(datetime.now(UTC))
-        for name, value in self.headers.items():
-            msg[name] = value
-        msg.set_content(self.body)
+        """The message as the mail server gets it; ``PermanentError`` when it cannot be written
+        at all (the email package refuses, say, a subject with U+2028 in it): no retry would help."""
+        try:
+            msg = EmailMessage()
+            msg["From"] = self.sender
+            msg["To"] = self.to
+            msg["Subject"] = self.subject
+            msg["Message-ID"] = self.message_id
+            msg["Date"] = format_datetime(datetime.now(UTC))
+            for name, value in self.headers.items():
+                msg[name] = value
+            msg.set_content(self.body)
+        except (ValueError, TypeError, UnicodeError, MessageError) as exc:
+            raise PermanentError(f"the mail to {self.to!r} cannot be rendered: {exc}") from exc
         return msg
 
 
