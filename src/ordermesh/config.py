@@ -81,6 +81,28 @@ class Settings(BaseSettings):
     )
     inventory_grpc_port: Port = Field(50053, description="the inventory service's gRPC API")
     snapshot_every: int = Field(100, ge=1, description="events between order snapshots")
+    saga: Literal["orchestrated", "choreographed"] = Field(
+        "orchestrated",
+        description="how orders are fulfilled: a saga manager in the order service calling the others "
+        "(`orchestrated`), or the services reacting to each other's events (`choreographed`)",
+    )
+    saga_step_timeout: float = Field(
+        5.0, gt=0, description="seconds one saga step may take before it is retried"
+    )
+    saga_deadline: float = Field(
+        60.0, gt=0, description="seconds a saga may take in all; past it, it compensates what it did"
+    )
+    payments_target: str = Field(
+        "",
+        description="where the order service calls payments (`host:port`; unset: this host's)",
+    )
+    inventory_target: str = Field(
+        "",
+        description="where the order service calls inventory (`host:port`; unset: this host's)",
+    )
+    shipping_url: str = Field(
+        "", description="where the order service calls shipping (`http://host:port`; unset: this host's)"
+    )
     smtp_url: str = Field(
         "", description="`smtp://host:port`; unset: the embedded mail sink that `make up` starts"
     )
@@ -94,6 +116,36 @@ class Settings(BaseSettings):
     payment_latency: float = Field(0.0, ge=0, description="the simulated provider's latency, in seconds")
     payment_error_rate: float = Field(
         0.0, ge=0, le=1, description="the share of calls the simulated provider fails (0 to 1)"
+    )
+    max_body_bytes: int = Field(
+        1048576,
+        ge=1,
+        description="the largest HTTP request body taken, in bytes; a larger one is answered 413 "
+        "before it is read (or as soon as a chunked one passes it), before authentication",
+    )
+    http_body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a client has to send a whole request body once its headers arrived; "
+        "a body still trickling in then is answered 408 and the connection closed",
+    )
+    http_header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a client has to send a request's headers (from connecting, or from the "
+        "previous response on a kept-alive connection); then the connection is closed",
+    )
+    write_rate: float = Field(
+        20.0,
+        ge=0,
+        description="orders a user may create per second, on average (REST and gRPC together; "
+        "beyond: 429 with `Retry-After` / RESOURCE_EXHAUSTED); 0: no limit",
+    )
+    write_burst: int = Field(
+        40, ge=1, description="orders a user may create at once before `write_rate` applies"
+    )
+    max_streams_per_user: int = Field(
+        16, ge=1, description="live `StreamOrderUpdates` streams a user may hold open at once per process"
     )
 
     @field_validator(
@@ -143,6 +195,16 @@ class Settings(BaseSettings):
         """The order service's database (kept for the order service's callers)."""
         return self.service_database_url("orders")
 
+    def downstream(self, service: Literal["payments", "inventory"]) -> str:
+        """The ``host:port`` the order service calls ``service`` at."""
+        own: str = getattr(self, f"{service}_target")
+        port = getattr(self, f"{service}_grpc_port")
+        return own or f"{client_host(self.http_host)}:{port}"
+
+    @property
+    def effective_shipping_url(self) -> str:
+        return self.shipping_url or f"http://{client_host(self.http_host)}:{self.shipping_http_port}"
+
     @property
     def effective_broker_url(self) -> str:
         """``amqp://…`` for RabbitMQ; unset: the embedded broker, a SQLite file in the data dir."""
@@ -183,6 +245,13 @@ class Settings(BaseSettings):
         """Read ``env`` (default: the process environment); ``ConfigError`` names the first bad
         variable and what it expects."""
         return load(env)
+
+
+def client_host(host: str) -> str:
+    """How a client reaches a listener bound to ``host``: a wildcard bind is reached on loopback."""
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def with_schema(url: str, service: str) -> str:

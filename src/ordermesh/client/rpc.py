@@ -23,16 +23,24 @@ UNAVAILABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 class GrpcClient:
     """Base of the async clients: ``async with Client(target, token) as c: await c.method(...)``.
-    ``token`` unset: the environment's ORDERMESH_TOKEN."""
+    ``token`` unset: the environment's ORDERMESH_TOKEN; a callable is asked before every call
+    (a service's own tokens expire: ``auth.TokenSource`` renews them)."""
 
     retryable: Collection[grpc.StatusCode] = UNAVAILABLE
 
-    def __init__(self, target: str, token: str | None, timeout: float, retries: int | None) -> None:
+    def __init__(
+        self, target: str, token: str | Callable[[], str] | None, timeout: float, retries: int | None
+    ) -> None:
         token = token if token is not None else os.environ.get("ORDERMESH_TOKEN")  # as the README's shell
         self.timeout = timeout
         self.retries = retries
-        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self._token = token
         self.channel = grpc.aio.insecure_channel(target)
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        token = self._token() if callable(self._token) else self._token
+        return (("authorization", f"Bearer {token}"),) if token else ()
 
     async def _call(
         self, method: Callable[..., Awaitable[Response]], request: Any, timeout: float | None

@@ -3,6 +3,15 @@ the variable (``ConfigError``), not a traceback after the database and broker we
 
 HTTP is uvicorn serving a socket we bound; gRPC is grpc.aio, which binds itself (``add_insecure_port``
 raises on a taken port because SO_REUSEPORT is off, ``rpc.server.DEFAULT_OPTIONS``).
+
+Slow clients: uvicorn closes idle kept-alive connections (``timeout_keep_alive``) and caps the
+size of a request's head (h11's ``max_incomplete_event_size``), but has no timeout for a client
+that trickles its headers: such a connection is held for as long as the client likes (measured:
+300 connections each sending a header line every few seconds were all still open after 45 s).
+``uvicorn --limit-concurrency`` would not help (it counts such connections, then answers 503 to
+everyone else). So :class:`_GuardedH11` adds the missing timer: a connection whose next request
+head is not complete ``header_timeout`` seconds after it opened (or after the previous response)
+is closed; so is one still draining the rest of a body refused with 413. Request bodies are timed by ``http.middleware.BodyLimits``.
 """
 
 from __future__ import annotations
@@ -15,9 +24,11 @@ import socket
 import grpc
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ordermesh.config import ENV_PREFIX
 from ordermesh.errors import ConfigError, InfrastructureError
+from ordermesh.http.middleware import HttpLimits
 from ordermesh.http.server import OwnedSignals
 
 log = logging.getLogger("ordermesh.kit")
@@ -25,13 +36,6 @@ log = logging.getLogger("ordermesh.kit")
 
 def variable(setting: str) -> str:
     return ENV_PREFIX + setting.upper()
-
-
-def url_host(host: str) -> str:
-    """How a client reaches ``host``: a wildcard bind is reached on loopback."""
-    if host in ("", "0.0.0.0", "::"):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host
 
 
 def bind(host: str, port: int, setting: str) -> socket.socket:
@@ -72,15 +76,62 @@ def add_grpc_port(server: grpc.aio.Server, host: str, port: int, setting: str) -
     return bound
 
 
-class HttpListener:
-    """uvicorn serving ``app`` on a socket we bound, in a task on the running loop."""
+class _GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on each request head (see the module doc)."""
 
-    def __init__(self, app: FastAPI, sock: socket.socket, name: str) -> None:
+    header_timeout = 10.0  # set per listener by _guarded_h11
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.header_timeout, self._head_expired)
+
+    def _head_expired(self) -> None:
+        # Between requests: no head yet, a head still trickling in, or the rest of a refused
+        # body still being drained (http.middleware): all have had their time.
+        self._head_timer = None
+        between_requests = self.cycle is None or self.cycle.response_complete
+        if between_requests and not self.transport.is_closing():
+            self.transport.close()
+
+
+def _guarded_h11(header_timeout: float) -> type[_GuardedH11]:
+    return type("GuardedH11", (_GuardedH11,), {"header_timeout": header_timeout})
+
+
+class HttpListener:
+    """uvicorn serving ``app`` on a socket we bound, in a task on the running loop, with the
+    limits of ``app.state.http_limits`` (``http.app.create_app`` sets them) unless ``limits``."""
+
+    def __init__(
+        self, app: FastAPI, sock: socket.socket, name: str, limits: HttpLimits | None = None
+    ) -> None:
         self.port = int(sock.getsockname()[1])
         self._sock = sock
         self._name = name
+        limits = limits or getattr(app.state, "http_limits", None) or HttpLimits()
         config = uvicorn.Config(
             app,
+            http=_guarded_h11(limits.header_timeout),
+            h11_max_incomplete_event_size=limits.max_header_bytes,
+            timeout_keep_alive=int(limits.keep_alive_timeout),
             log_config=None,  # uvicorn's lines go through the process's logging, with its format
             log_level="warning",
             access_log=False,
@@ -119,4 +170,4 @@ class HttpListener:
         self._sock.close()
 
 
-__all__ = ["HttpListener", "add_grpc_port", "bind", "url_host", "variable"]
+__all__ = ["HttpListener", "add_grpc_port", "bind", "variable"]

@@ -32,11 +32,11 @@ from prometheus_client import CollectorRegistry
 
 from ordermesh.auth import Tokens
 from ordermesh.clock import Clock, SystemClock
-from ordermesh.config import Settings, redact_urls
+from ordermesh.config import Settings, client_host, redact_urls
 from ordermesh.db import SqlDb, connect
 from ordermesh.errors import InfrastructureError
 from ordermesh.http.app import create_app
-from ordermesh.kit.listeners import HttpListener, add_grpc_port, bind, url_host
+from ordermesh.kit.listeners import HttpListener, add_grpc_port, bind
 from ordermesh.messaging import Broker, open_broker
 from ordermesh.messaging.outbox import OutboxPublisher, SqlOutbox
 from ordermesh.rpc.server import build_server, stop_server
@@ -183,7 +183,7 @@ async def started(
             bind(host, grpc_port, spec.grpc_port).close()
         http = HttpListener(rt.app, bind(host, getattr(settings, spec.http_port), spec.http_port), spec.name)
         await http.start()
-        rt.http_url = f"http://{url_host(host)}:{http.port}"
+        rt.http_url = f"http://{client_host(host)}:{http.port}"
         stack.push_async_callback(http.stop)  # last out: /readyz answers "stopping" while draining
         await spec.build(rt)
         server: grpc.aio.Server | None = None
@@ -195,7 +195,7 @@ async def started(
                 metrics=rt.metrics,
             )
             port = add_grpc_port(server, host, grpc_port, spec.grpc_port)
-            rt.grpc_target = f"{url_host(host)}:{port}"
+            rt.grpc_target = f"{client_host(host)}:{port}"
             await server.start()
         stop_loops = asyncio.Event()
         loops = [asyncio.create_task(run(stop_loops), name=f"{spec.name}:{name}") for name, run in rt._loops]

@@ -19,8 +19,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ordermesh.config import ENV_PREFIX, Settings
-from ordermesh.kit.listeners import bind, url_host
+from ordermesh.config import ENV_PREFIX, Settings, client_host
+from ordermesh.kit.listeners import bind
 from ordermesh.kit.process import PARENT_PID
 from ordermesh.kit.runtime import ServiceSpec
 
@@ -45,11 +45,11 @@ class Child:
     @property
     def health_url(self) -> str:
         port = getattr(self.settings, self.spec.http_port)
-        return f"http://{url_host(self.settings.http_host)}:{port}/readyz"
+        return f"http://{client_host(self.settings.http_host)}:{port}/readyz"
 
     @property
     def addresses(self) -> str:
-        host = url_host(self.settings.http_host)
+        host = client_host(self.settings.http_host)
         out = [f"http://{host}:{getattr(self.settings, self.spec.http_port)}"]
         if self.spec.grpc_port is not None:
             out.append(f"grpc {host}:{getattr(self.settings, self.spec.grpc_port)}")

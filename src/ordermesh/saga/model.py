@@ -113,12 +113,16 @@ class SagaRecord:
 
 @dataclass
 class SagaContext:
-    """What a step sees: the saga's id and data (steps add to it), and its remaining time."""
+    """What a step sees: the saga's id and data (steps add to it), and its time: ``timeout`` is
+    what this attempt may take (the step timeout, or less if the saga's deadline is nearer),
+    to pass on as the downstream call's deadline."""
 
     saga_id: str
     data: dict[str, Any]
     deadline: datetime
     attempt: int = 1
+    timeout: float = 5.0
+    reason: str = ""  # while compensating: why
     produced: dict[str, Any] = field(default_factory=dict)  # what this step adds to the data
 
 

@@ -91,6 +91,10 @@ class SagaRunner:
 
     async def start(self, saga_id: str, name: str, data: dict[str, Any]) -> SagaRecord:
         """Record a new saga (or find the one already started with that id) and drive it."""
+        return await self.drive((await self.begin(saga_id, name, data)).saga_id)
+
+    async def begin(self, saga_id: str, name: str, data: dict[str, Any]) -> SagaRecord:
+        """Record a new saga (or find the one already started with that id) for ``run`` to drive."""
         now = self.clock.now()
         record = await self.store.create(
             SagaRecord(
@@ -104,7 +108,8 @@ class SagaRunner:
                 updated_at=now,
             )
         )
-        return await self.drive(record.saga_id)
+        self.kick()
+        return record
 
     async def drive(self, saga_id: str) -> SagaRecord:
         """Move the saga as far as it goes now: to its end, or to a wait (a retry's wake-up)."""
@@ -157,12 +162,11 @@ class SagaRunner:
         saved = await self._save(record.with_step(attempted))
         if saved is None:
             return None
-        ctx = SagaContext(saved.saga_id, dict(saved.data), saved.deadline_at, attempt)
         remaining = (saved.deadline_at - now).total_seconds()
+        budget = min(self.policy.step_timeout, max(remaining, 0.001))
+        ctx = SagaContext(saved.saga_id, dict(saved.data), saved.deadline_at, attempt, budget)
         try:
-            detail = await asyncio.wait_for(
-                step.action(ctx), min(self.policy.step_timeout, max(remaining, 0.001))
-            )
+            detail = await asyncio.wait_for(step.action(ctx), budget)
         except StepFailed as exc:
             done = replace(attempted, outcome="failed", ended_at=self.clock.now(), detail=str(exc))
             return await self._begin_compensation(saved.with_step(done), f"{step.name}: {exc}")
@@ -226,8 +230,14 @@ class SagaRunner:
         saved = await self._save(record.with_step(attempted))
         if saved is None:
             return None
-        ctx = SagaContext(saved.saga_id, dict(saved.data), saved.deadline_at, attempt)
-        ctx.produced["reason"] = saved.reason
+        ctx = SagaContext(
+            saved.saga_id,
+            dict(saved.data),
+            saved.deadline_at,
+            attempt,
+            self.policy.step_timeout,
+            saved.reason,
+        )
         try:
             detail = await asyncio.wait_for(undo(ctx), self.policy.step_timeout)
         except DomainError as exc:
