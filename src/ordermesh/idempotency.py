@@ -9,6 +9,12 @@ Keys are scoped per user and kept for 24 hours. A request that crashed mid-fligh
 key forever, so an in-flight claim lapses after ``lock_seconds`` and can be taken over.
 Server-side failures are not saved: the key is released so the client's retry is processed afresh.
 
+A key row is not enough on its own to survive a crash between the work and ``complete`` (the
+claim lapses and the retry would do the work twice): the work must also be findable from the key.
+The order service does so by deriving the order's id from the key and recording the key on the
+order's first event (``ordermesh.services.orders.commands``), so a row in flight, released or lost
+only costs a look-up. After ``KEEP`` a key is forgotten and may be used for a new request.
+
 Outcomes are saved transport-neutrally (:class:`SavedOutcome`): the resource's JSON, or an error
 record naming the ``ordermesh.errors`` class, so a key used over REST and retried over gRPC (or
 the other way round) replays the same outcome, each transport rendering the error its own way.
@@ -142,7 +148,7 @@ class MemoryIdempotencyStore:
             return None
         if entry.outcome is None and now - entry.claimed_at < self._lock_seconds:
             raise _in_use(key)
-        _check(entry.fingerprint, fingerprint, key)
+        check_fingerprint(entry.fingerprint, fingerprint, key)
         if entry.outcome is not None:
             return entry.outcome
         entry.claimed_at = now
@@ -160,7 +166,8 @@ def _in_use(key: str) -> IdempotencyKeyInUse:
     return IdempotencyKeyInUse(f"a request with Idempotency-Key {key!r} is still in progress")
 
 
-def _check(stored: str, given: str, key: str) -> None:
+def check_fingerprint(stored: str, given: str, key: str) -> None:
+    """``IdempotencyKeyReused`` unless the request under ``key`` is the one first made with it."""
     if stored != given:
         raise IdempotencyKeyReused(
             f"Idempotency-Key {key!r} was already used with a different request; "
@@ -242,7 +249,7 @@ class SqlIdempotencyStore:
             saved = row[1] is not None or row[2] is not None
             if not saved and not row[4]:
                 raise _in_use(key)
-            _check(row[0], fingerprint, key)
+            check_fingerprint(row[0], fingerprint, key)
             if row[1] is not None:
                 return SavedOutcome("ok" if row[1] == "ok" else "error", bytes(row[3]))
             if row[2] is not None:
