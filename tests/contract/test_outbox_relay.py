@@ -272,3 +272,30 @@ async def test_an_unforeseen_error_does_not_stop_the_relay(env: Env) -> None:
         await asyncio.wait_for(running, 10)
         await broker.close()
     assert relay.failures == 1 and relay.last_error is None  # cleared by the success
+
+
+async def test_a_fact_nobody_asked_for_is_dropped_from_the_bus_not_parked(env: Env) -> None:
+    """The order service's relay parks only what its own consumers need (MUST_ARRIVE): under a
+    saga every order records half a dozen lifecycle events, and parking the ones no queue wants
+    would grow the replay set forever. They stay in the event store."""
+    from ordermesh.contracts.orders import MUST_ARRIVE
+    from ordermesh.messaging.relay import ParkingLot
+
+    parking = await ParkingLot.open(env.system.db)
+    relay = OutboxRelay(
+        env.system.store,
+        env.checkpoints,
+        env.broker,
+        EXCHANGE,
+        OrderMessages(env.system.service),
+        parking=parking,
+        must_arrive=lambda message: message.routing_key in MUST_ARRIVE,
+    )
+    service = env.system.service
+    order = await service.create_order("u1", "u1@example.com", "EUR", LINES)  # nobody bound yet
+    await service.change(order["id"], lambda o, now: o.record_payment("p1", 300, "EUR", now))
+    while await relay.step():
+        pass
+    assert [p.message.routing_key for p in await parking.all()] == ["order.created"]  # waits
+    assert relay.dropped == 1 and relay.parked == 1  # order.paid: gone from the bus
+    assert len(await service.history(order["id"], None)) == 2  # and still in the store

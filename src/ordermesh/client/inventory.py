@@ -9,7 +9,7 @@ every method is idempotent by order id, so each is retried on UNAVAILABLE within
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,7 +74,11 @@ class InventoryClient(GrpcClient):
     deadline: a service that is still starting is waited for."""
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, token: str | None = None, *, timeout: float = 5.0
+        self,
+        target: str = DEFAULT_TARGET,
+        token: str | Callable[[], str] | None = None,
+        *,
+        timeout: float = 5.0,
     ) -> None:
         super().__init__(target, token, timeout, retries=None)
         self.stub = pb_grpc.InventoryServiceStub(self.channel)

@@ -8,6 +8,7 @@ order id, so UNAVAILABLE (the provider or the server failed; nothing was recorde
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -87,7 +88,7 @@ class PaymentsClient(GrpcClient):
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
-        token: str | None = None,
+        token: str | Callable[[], str] | None = None,
         *,
         timeout: float = 5.0,
         retries: int = 3,

@@ -108,6 +108,8 @@ class ShippingClient:
         order_id: str,
         items: Iterable[ShipmentItem | tuple[str, int]],
         address: Address | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Shipment:
         body: dict[str, Any] = {"order_id": order_id, "items": _items(items)}
         if address is not None:
@@ -119,17 +121,22 @@ class ShippingClient:
                 "postal_code": address.postal_code,
                 "country": address.country,
             }
-        return _shipment(await self._send("POST", "/api/shipments", orjson.dumps(body)))
+        return _shipment(await self._send("POST", "/api/shipments", orjson.dumps(body), timeout=timeout))
 
-    async def get(self, order_id: str) -> Shipment:
-        return _shipment(await self._send("GET", f"/api/shipments/{quote(order_id, safe='')}"))
+    async def get(self, order_id: str, *, timeout: float | None = None) -> Shipment:
+        return _shipment(
+            await self._send("GET", f"/api/shipments/{quote(order_id, safe='')}", timeout=timeout)
+        )
 
-    async def cancel(self, order_id: str) -> Shipment:
-        return _shipment(await self._send("POST", f"/api/shipments/{quote(order_id, safe='')}/cancel"))
+    async def cancel(self, order_id: str, *, timeout: float | None = None) -> Shipment:
+        path = f"/api/shipments/{quote(order_id, safe='')}/cancel"
+        return _shipment(await self._send("POST", path, timeout=timeout))
 
-    async def _send(self, method: str, path: str, body: bytes | None = None) -> Any:
+    async def _send(
+        self, method: str, path: str, body: bytes | None = None, *, timeout: float | None = None
+    ) -> Any:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        deadline = loop.time() + (timeout or self.timeout)
         session = self._open()
         for attempt in range(self.retries + 1):
             remaining = deadline - loop.time()

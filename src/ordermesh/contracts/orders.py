@@ -23,6 +23,11 @@ ROUTING_KEYS: Final = {
     "OrderCancelled": "order.cancelled",
     "OrderRefunded": "order.refunded",
 }
+# The routing keys the system's own consumers follow (the notification service; the
+# choreographed saga): the outbox relay parks one of these that no queue takes, until its
+# consumer is there. Every other order event is published for whoever binds to it, and dropped
+# from the bus when nobody does (the event store keeps it).
+MUST_ARRIVE: Final = frozenset({"order.created", "order.shipped", "order.cancelled"})
 # What ``user_email`` matches. Deliberately ASCII: what every SMTP server accepts, and nothing a
 # database chokes on (NUL).
 EMAIL_PATTERN: Final = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}$"

@@ -145,9 +145,15 @@ class OutboxRelay:
         name: str = "outbox",
         batch: int = 500,
         parking: ParkingLot | None = None,
+        must_arrive: Callable[[Message], bool] = lambda _message: True,
     ) -> None:
         self.store, self.checkpoints, self.broker = store, checkpoints, broker
         self.parking = parking
+        # Which messages are parked when no queue takes them; the others (facts nobody has asked
+        # for) are dropped from the bus: the event store keeps them, and parking every one of
+        # them would grow a replay set without end.
+        self.must_arrive = must_arrive
+        self.dropped = 0
         self.exchange, self.translate, self.name, self.batch = exchange, translate, name, batch
         self.failures = 0
         self.last_error: str | None = None
@@ -184,10 +190,14 @@ class OutboxRelay:
                 raise
             # The broker published the rest of the batch; only the named messages wait here.
             for message, position in batch:
-                if message.message_id in exc.message_ids:
-                    log.warning("outbox relay %s: parked %s: %s", self.name, message.routing_key, exc)
-                    await self.parking.park(message, str(exc), position)
-            self.parked += len(exc.message_ids)
+                if message.message_id not in exc.message_ids:
+                    continue
+                if not self.must_arrive(message):
+                    self.dropped += 1
+                    continue
+                log.warning("outbox relay %s: parked %s: %s", self.name, message.routing_key, exc)
+                await self.parking.park(message, str(exc), position)
+                self.parked += 1
             self.published += len(batch) - len(exc.message_ids)
         else:
             self.published += len(batch)

@@ -4,9 +4,9 @@ move written to the saga log first, so a process killed at any point resumes whe
 - A step's action is written as attempted *before* it runs: after a crash it is run again, which
   is why every step and compensation must be idempotent downstream (keyed by the saga id, the
   order id). That, not exactly-once delivery, is what makes a saga safe.
-- A ``StepFailed`` (a business no: payment declined, stock short) compensates at once. Any other
-  error (a service down, a timeout) is retried with backoff until the saga's deadline; past it,
-  the saga compensates.
+- A ``StepFailed`` (a business no: payment declined, stock short), or any ``DomainError`` or
+  ``NotFound`` a downstream answers with, compensates at once. Any other error (a service down, a
+  timeout) is retried with backoff until the saga's deadline; past it, the saga compensates.
 - Compensations run last step first, for every step that was attempted (one that timed out may
   have taken effect), and are retried until they succeed: a saga never stops half-way. Only a
   compensation refused for good (a ``DomainError``) ends a saga ``failed``, for an operator.
@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from ordermesh.clock import Clock
-from ordermesh.errors import DomainError
+from ordermesh.errors import DomainError, NotFound
 from ordermesh.saga.model import SagaContext, SagaRecord, StepRecord, Style
 from ordermesh.saga.store import SagaStore
 
@@ -167,12 +167,12 @@ class SagaRunner:
         ctx = SagaContext(saved.saga_id, dict(saved.data), saved.deadline_at, attempt, budget)
         try:
             detail = await asyncio.wait_for(step.action(ctx), budget)
-        except StepFailed as exc:
+        except (DomainError, NotFound) as exc:  # StepFailed, or a downstream's own refusal
             done = replace(attempted, outcome="failed", ended_at=self.clock.now(), detail=str(exc))
             return await self._begin_compensation(saved.with_step(done), f"{step.name}: {exc}")
         except Exception as exc:  # anything else (a service down, a timeout, a bug) is retried
             why = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, TimeoutError | DomainError):
+            if not isinstance(exc, TimeoutError):
                 log.warning("saga %s: %s attempt %d failed: %s", saved.saga_id, step.name, attempt, why)
             wake = self.clock.now() + self.policy.backoff(attempt)
             retrying = replace(attempted, outcome="retrying", detail=why)

@@ -15,6 +15,7 @@ from ordermesh.readmodel.projection import Projector
 from ordermesh.services.orders import metrics as projection_metrics
 from ordermesh.services.orders.rest import BEARER, router
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
+from ordermesh.services.orders.saga_api import router as saga_router
 
 TITLE = "ordermesh orders"
 
@@ -30,6 +31,7 @@ def install_order_api(app: FastAPI, tokens: Tokens, system: OrderSystem | None =
     # and ``include_router`` would wrap them in a router of their own, matched per request on
     # top of the routes (~10 µs a request, bench/http_orders.py).
     app.router.routes[0:0] = router.routes
+    app.include_router(saga_router)
 
     def projectors() -> list[Projector]:
         owned: OrderSystem | None = getattr(app.state, "system", None)

@@ -1,18 +1,27 @@
-"""The order service as the kit builds it: REST and gRPC on one ``OrderSystem``, plus the outbox
-relay that publishes its events to the ``orders`` exchange."""
+"""The order service as the kit builds it: REST and gRPC on one ``OrderSystem``, the outbox
+relay that publishes its events to the ``orders`` exchange, and the saga manager that fulfils
+every order (``ORDERMESH_SAGA=orchestrated``)."""
 
 from __future__ import annotations
 
+from ordermesh.auth import TokenSource
+from ordermesh.client.inventory import InventoryClient
+from ordermesh.client.payments import PaymentsClient
+from ordermesh.client.shipping import ShippingClient
+from ordermesh.contracts.orders import MUST_ARRIVE
+from ordermesh.errors import ConfigError
 from ordermesh.eventstore.subscription import CheckpointStore, MemoryCheckpoints, SqlCheckpoints
 from ordermesh.kit import Runtime, ServiceSpec
 from ordermesh.messaging import Broker
 from ordermesh.messaging import metrics as relay_metrics
 from ordermesh.messaging.relay import OutboxRelay, ParkingLot
+from ordermesh.saga import MemorySagaStore, SagaPolicy, SagaRunner, SagaStore, SqlSagaStore
 from ordermesh.services.orders.app import TITLE, install_order_api
 from ordermesh.services.orders.grpc_api import SERVICE_NAME, OrderGrpcService
 from ordermesh.services.orders.outbox import EXCHANGE, RELAY_NAME, OrderMessages
 from ordermesh.services.orders.rest import BEARER
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
+from ordermesh.services.orders.saga import SAGA, Downstream, OrderSaga, start_sagas
 
 
 async def relay_checkpoints(system: OrderSystem) -> CheckpointStore:
@@ -31,6 +40,7 @@ async def relay_for(system: OrderSystem, broker: Broker) -> OutboxRelay:
         OrderMessages(system.service),
         name=RELAY_NAME,
         parking=await ParkingLot.open(system.db),
+        must_arrive=lambda message: message.routing_key in MUST_ARRIVE,
     )
 
 
@@ -38,7 +48,7 @@ async def build(rt: Runtime) -> None:
     system = await build_order_system(rt.database_url, rt.clock, rt.settings.snapshot_every)
     rt.stack.push_async_callback(system.close)
     await system.start()
-    rt.ready_check(system.ready)
+    rt.ready_check(system.ready, "database")
     install_order_api(rt.app, rt.tokens, system)
     orders_rpc = OrderGrpcService(system)
     rt.grpc(orders_rpc.register, SERVICE_NAME)
@@ -46,6 +56,38 @@ async def build(rt: Runtime) -> None:
     relay = await relay_for(system, await rt.broker())
     relay_metrics.register(rt.metrics, lambda: [relay])
     rt.background("outbox-relay", relay.run)
+    await orchestrate(rt, system)
+
+
+async def saga_store(system: OrderSystem) -> SagaStore:
+    """The saga log, in the order service's own database (``ordermesh saga`` reads it)."""
+    return await SqlSagaStore.open(system.db) if system.db else MemorySagaStore()
+
+
+async def orchestrate(rt: Runtime, system: OrderSystem) -> None:
+    """The saga manager: a saga per new order, driven against payments and inventory (gRPC) and
+    shipping (REST) with the order service's own token, each call with its step's deadline."""
+    settings = rt.settings
+    if settings.saga != "orchestrated":
+        raise ConfigError(
+            f"ORDERMESH_SAGA={settings.saga!r} is not available yet: use orchestrated (the default)",
+            "ORDERMESH_SAGA",
+        )
+    token = TokenSource(rt.tokens, "orders")
+    timeout = settings.saga_step_timeout
+    payments = PaymentsClient(settings.downstream("payments"), token, timeout=timeout)
+    inventory = InventoryClient(settings.downstream("inventory"), token, timeout=timeout)
+    shipping = ShippingClient(settings.effective_shipping_url, token, timeout=timeout)
+    for client in (payments, inventory, shipping):
+        rt.stack.push_async_callback(client.close)
+    sagas = await saga_store(system)
+    saga = OrderSaga(system.service, Downstream(payments, inventory, shipping))
+    policy = SagaPolicy(step_timeout=timeout, deadline=settings.saga_deadline)
+    runner = SagaRunner(sagas, {SAGA: saga.definition()}, rt.clock, policy, "orchestrated")
+    rt.app.state.sagas = sagas
+    checkpoints = await relay_checkpoints(system)
+    rt.background("saga-runner", runner.run)
+    rt.background("saga-starter", lambda stop: start_sagas(system.service, runner, checkpoints, stop))
 
 
 SPEC = ServiceSpec(
