@@ -115,7 +115,7 @@ async def test_a_business_no_compensates_what_was_done_last_first(store: SagaSto
     world, clock = World(), FakeClock()
     world.script["reserve"] = [StepFailed("SKU-1 is short")]
     record = await runner_for(store, world, clock).start("o-2", "order", {})
-    assert record.state == "compensated" and record.reason == "reserve: SKU-1 is short"
+    assert record.state == "compensated" and record.reason == "SKU-1 is short"
     assert world.calls == ["pay", "reserve", "refund", "cancel-order"]
     assert world.effects == {"charged": 0, "reserved": 0, "shipped": 0}
     assert [(s.name, s.kind, s.outcome) for s in record.steps] == [

@@ -169,7 +169,9 @@ class SagaRunner:
             detail = await asyncio.wait_for(step.action(ctx), budget)
         except (DomainError, NotFound) as exc:  # StepFailed, or a downstream's own refusal
             done = replace(attempted, outcome="failed", ended_at=self.clock.now(), detail=str(exc))
-            return await self._begin_compensation(saved.with_step(done), f"{step.name}: {exc}")
+            # A StepFailed speaks for itself; a downstream's own refusal is named after its step.
+            reason = str(exc) if isinstance(exc, StepFailed) else f"{step.name}: {exc}"
+            return await self._begin_compensation(saved.with_step(done), reason)
         except Exception as exc:  # anything else (a service down, a timeout, a bug) is retried
             why = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, TimeoutError):

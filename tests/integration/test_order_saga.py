@@ -1,0 +1,191 @@
+"""The orchestrated order saga across the real services (each built by the kit, on its own
+ephemeral ports and its own database, talking gRPC and REST over sockets), with the issue's
+invariants checked after every run: every order ends shipped or cancelled with a reason; money
+charged minus refunded is the total if shipped and 0 if cancelled; stock adds up and nothing stays
+reserved for a cancelled order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ordermesh.auth import Tokens
+from ordermesh.client.inventory import InventoryClient
+from ordermesh.client.payments import PaymentsClient
+from ordermesh.config import Settings
+from ordermesh.errors import NotFound
+from ordermesh.kit import Runtime
+from ordermesh.kit.testing import running
+from ordermesh.services.inventory.spec import SPEC as INVENTORY
+from ordermesh.services.orders.spec import SPEC as ORDERS
+from ordermesh.services.payments.spec import SPEC as PAYMENTS
+from ordermesh.services.shipping.spec import SPEC as SHIPPING
+
+STOCK = 1000  # the demo catalog: SKU-1 ... SKU-9
+
+
+@dataclass
+class System:
+    orders: Runtime
+    payments: Runtime
+    inventory: Runtime
+    http: aiohttp.ClientSession
+    tokens: Tokens
+
+    async def place(self, items: list[dict[str, Any]], user: str = "alice") -> str:
+        body = {"user_email": f"{user}@example.com", "currency": "EUR", "items": items}
+        headers = {"Authorization": f"Bearer {self.tokens.issue(user)}"}
+        async with self.http.post(f"{self.orders.http_url}/api/orders", json=body, headers=headers) as r:
+            assert r.status == 201, await r.text()
+            return str((await r.json())["id"])
+
+    async def get(self, path: str, user: str = "alice") -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.tokens.issue(user)}"}
+        async with self.http.get(f"{self.orders.http_url}{path}", headers=headers) as r:
+            return r.status, await r.json()
+
+    async def settled(self, order_id: str, timeout: float = 20) -> dict[str, Any]:
+        """The order once its saga has ended (shipped or cancelled)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            _, order = await self.get(f"/api/orders/{order_id}")
+            status, saga = await self.get(f"/api/orders/{order_id}/saga")
+            # The read model follows the saga log a moment later: wait for both.
+            if status == 200 and saga["state"] in ("completed", "compensated", "failed"):
+                if order["status"] in ("shipped", "cancelled"):
+                    return {"order": order, "saga": saga}
+            assert asyncio.get_running_loop().time() < deadline, (order, saga)
+            await asyncio.sleep(0.02)  # another process's saga: polled through its API
+
+    async def check_invariants(self, orders: dict[str, dict[str, Any]]) -> None:
+        token = self.tokens.issue_service("test")
+        async with PaymentsClient(self.payments.grpc_target, token) as pay:
+            for order_id, settled in orders.items():
+                order = settled["order"]
+                assert order["status"] in ("shipped", "cancelled"), order
+                try:
+                    payment = await pay.get_payment(order_id)
+                    net = payment.charged - payment.refunded
+                except NotFound:
+                    net = 0
+                if order["status"] == "shipped":
+                    assert net == order["total"] and order["tracking_id"], order
+                else:
+                    assert net == 0 and order["cancel_reason"], order
+        async with InventoryClient(self.inventory.grpc_target, token) as stock:
+            levels = await stock.stock()
+        for level in levels:
+            assert level.available + level.reserved + level.shipped == STOCK, level
+            assert level.reserved == 0, level  # nothing held once every saga has ended
+
+
+@pytest.fixture
+async def system(tmp_path: Path) -> AsyncIterator[System]:
+    base = Settings(data_dir=tmp_path, broker_url="memory://", payment_limit=100_000)
+    async with (
+        running(PAYMENTS, base) as payments,
+        running(INVENTORY, base) as inventory,
+        running(SHIPPING, base) as shipping,
+    ):
+        settings = base.model_copy(
+            update={
+                "payments_target": payments.grpc_target,
+                "inventory_target": inventory.grpc_target,
+                "shipping_url": shipping.http_url,
+                "saga_step_timeout": 2.0,
+                "saga_deadline": 20.0,
+            }
+        )
+        async with running(ORDERS, settings) as orders, aiohttp.ClientSession() as http:
+            yield System(orders, payments, inventory, http, orders.tokens)
+
+
+async def test_an_order_is_paid_reserved_shipped_and_its_saga_shows_every_step(system: System) -> None:
+    order_id = await system.place([{"sku": "SKU-1", "quantity": 2, "unit_price": 1250}])
+    settled = await system.settled(order_id)
+    order, saga = settled["order"], settled["saga"]
+    assert order["status"] == "shipped" and order["tracking_id"].startswith("OM")
+    assert saga["style"] == "orchestrated" and saga["state"] == "completed" and saga["compensations"] == []
+    assert [(s["name"], s["service"], s["outcome"], s["attempts"]) for s in saga["steps"]] == [
+        ("payment", "payments", "succeeded", 1),
+        ("stock", "inventory", "succeeded", 1),
+        ("shipment", "shipping", "succeeded", 1),
+        ("commit", "inventory", "succeeded", 1),
+    ]
+    assert all(s["started_at"] and s["ended_at"] for s in saga["steps"])
+    # The order's history tells the same story, step by step.
+    _, events = await system.get(f"/api/orders/{order_id}/events")
+    assert [e["type"] for e in events["events"]] == [
+        "OrderCreated",
+        "PaymentProcessed",
+        "StockReserved",
+        "OrderShipped",
+    ]
+    await system.check_invariants({order_id: settled})
+
+
+async def test_a_declined_payment_cancels_with_nothing_charged(system: System) -> None:
+    order_id = await system.place([{"sku": "SKU-2", "quantity": 2, "unit_price": 60_000}])  # over the limit
+    settled = await system.settled(order_id)
+    order, saga = settled["order"], settled["saga"]
+    assert order["status"] == "cancelled" and order["cancel_reason"].startswith("payment declined")
+    assert saga["state"] == "compensated" and [c["name"] for c in saga["compensations"]] == ["cancel"]
+    await system.check_invariants({order_id: settled})
+
+
+async def test_short_stock_refunds_then_cancels_naming_the_sku(system: System) -> None:
+    order_id = await system.place(
+        [
+            {"sku": "SKU-3", "quantity": 1, "unit_price": 10},
+            {"sku": "SKU-4", "quantity": 5000, "unit_price": 1},
+        ]
+    )
+    settled = await system.settled(order_id)
+    order, saga = settled["order"], settled["saga"]
+    assert order["status"] == "cancelled" and "SKU-4" in order["cancel_reason"]
+    assert order["refunded_amount"] == order["total"]
+    assert [c["name"] for c in saga["compensations"]] == ["payment", "cancel"]
+    _, events = await system.get(f"/api/orders/{order_id}/events")
+    assert [e["type"] for e in events["events"]] == [
+        "OrderCreated",
+        "PaymentProcessed",
+        "StockReservationFailed",
+        "OrderRefunded",
+        "OrderCancelled",
+    ]
+    await system.check_invariants({order_id: settled})
+
+
+async def test_a_mix_of_orders_at_once_all_end_well(system: System) -> None:
+    items = [
+        [{"sku": "SKU-5", "quantity": 3, "unit_price": 100}],  # ships
+        [{"sku": "SKU-5", "quantity": 1, "unit_price": 200_000}],  # declined
+        [{"sku": "SKU-6", "quantity": 999, "unit_price": 1}],  # these compete for SKU-6's 1,000:
+        [{"sku": "SKU-6", "quantity": 2, "unit_price": 1}],  # some ship, the rest are short
+    ] * 3
+    ids = await asyncio.gather(*(system.place(i, user=f"u{n}") for n, i in enumerate(items)))
+    settled = {}
+    for n, order_id in enumerate(ids):
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            _, order = await system.get(f"/api/orders/{order_id}", user=f"u{n}")
+            if order["status"] in ("shipped", "cancelled"):
+                break
+            assert asyncio.get_running_loop().time() < deadline, order
+            await asyncio.sleep(0.02)
+        settled[order_id] = {"order": order}
+    statuses = [settled[i]["order"]["status"] for i in ids]
+    assert statuses[0::4] == ["shipped"] * 3 and statuses[1::4] == ["cancelled"] * 3
+    assert "shipped" in statuses[2::4] + statuses[3::4]
+    await system.check_invariants(settled)
+
+
+async def test_another_users_saga_is_not_found(system: System) -> None:
+    order_id = await system.place([{"sku": "SKU-7", "quantity": 1, "unit_price": 10}])
+    assert (await system.get(f"/api/orders/{order_id}/saga", user="mallory"))[0] == 404
