@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+from ordermesh import tracing
 from ordermesh.clock import Clock
 from ordermesh.errors import DomainError, NotFound
 from ordermesh.saga.model import SagaContext, SagaRecord, StepRecord, Style
@@ -32,6 +33,13 @@ from ordermesh.saga.store import SagaStore
 log = logging.getLogger("ordermesh.saga")
 
 Action = Callable[[SagaContext], Awaitable[str | None]]
+
+
+def _trace(record: SagaRecord) -> tracing.Scope | None:
+    """Each step in a child span of the trace that started the saga (``data["traceparent"]``), so
+    what it records (and the mail it causes) belongs to the order's one trace."""
+    parent = record.data.get("traceparent")
+    return tracing.enter(tracing.child_of(parent)) if isinstance(parent, str) and parent else None
 
 
 class StepFailed(DomainError):
@@ -165,6 +173,7 @@ class SagaRunner:
         remaining = (saved.deadline_at - now).total_seconds()
         budget = min(self.policy.step_timeout, max(remaining, 0.001))
         ctx = SagaContext(saved.saga_id, dict(saved.data), saved.deadline_at, attempt, budget)
+        scope = _trace(saved)
         try:
             detail = await asyncio.wait_for(step.action(ctx), budget)
         except (DomainError, NotFound) as exc:  # StepFailed, or a downstream's own refusal
@@ -184,6 +193,9 @@ class SagaRunner:
                     f"{step.name} did not succeed before the saga's deadline ({why})",
                 )
             return await self._save(replace(saved.with_step(retrying), wake_at=wake))
+        finally:
+            if scope is not None:
+                tracing.leave(scope)
         done = replace(attempted, outcome="succeeded", ended_at=self.clock.now(), detail=detail or "")
         data = {**saved.data, **ctx.produced}
         return await self._save(
@@ -240,6 +252,7 @@ class SagaRunner:
             self.policy.step_timeout,
             saved.reason,
         )
+        scope = _trace(saved)
         try:
             detail = await asyncio.wait_for(undo(ctx), self.policy.step_timeout)
         except DomainError as exc:
@@ -257,6 +270,9 @@ class SagaRunner:
             return await self._save(
                 replace(saved.with_step(retrying), wake_at=now + self.policy.backoff(attempt))
             )
+        finally:
+            if scope is not None:
+                tracing.leave(scope)
         done = replace(attempted, outcome="succeeded", ended_at=self.clock.now(), detail=detail or "")
         return await self._save(replace(saved.with_step(done), wake_at=None))
 

@@ -237,12 +237,15 @@ class OrderSaga:
         return reason
 
 
-def saga_data(event: OrderCreated) -> dict[str, Any]:
-    return {
+def saga_data(event: OrderCreated, traceparent: str | None = None) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "total": event.total,
         "currency": event.currency,
         "items": [{"sku": line.sku, "quantity": line.quantity} for line in event.items],
     }
+    if traceparent:
+        data["traceparent"] = traceparent  # the saga's steps continue the order's trace
+    return data
 
 
 async def start_sagas(
@@ -259,7 +262,9 @@ async def start_sagas(
                         if event.type == OrderCreated.TYPE and event.stream_id.startswith(STREAM_PREFIX):
                             created = codec.decode(event)
                             assert isinstance(created, OrderCreated)
-                            await runner.begin(created.order_id, SAGA, saga_data(created))
+                            traceparent = event.metadata.get("traceparent")
+                            data = saga_data(created, traceparent if isinstance(traceparent, str) else None)
+                            await runner.begin(created.order_id, SAGA, data)
                         await events.commit(event.position)
             except Exception:  # the database went away: the checkpoint says where to start again
                 log.exception("saga starter: retrying in a second")
