@@ -7,6 +7,7 @@ reserved for a cancelled order."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +58,9 @@ class System:
             _, order = await self.get(f"/api/orders/{order_id}")
             status, saga = await self.get(f"/api/orders/{order_id}/saga")
             # The read model follows the saga log a moment later: wait for both.
-            if status == 200 and saga["state"] in ("completed", "compensated", "failed"):
-                if order["status"] in ("shipped", "cancelled"):
-                    return {"order": order, "saga": saga}
+            saga_ended = status == 200 and saga["state"] in ("completed", "compensated", "failed")
+            if saga_ended and order["status"] in ("shipped", "cancelled"):
+                return {"order": order, "saga": saga}
             assert asyncio.get_running_loop().time() < deadline, (order, saga)
             await asyncio.sleep(0.02)  # another process's saga: polled through its API
 
@@ -189,3 +190,35 @@ async def test_a_mix_of_orders_at_once_all_end_well(system: System) -> None:
 async def test_another_users_saga_is_not_found(system: System) -> None:
     order_id = await system.place([{"sku": "SKU-7", "quantity": 1, "unit_price": 10}])
     assert (await system.get(f"/api/orders/{order_id}/saga", user="mallory"))[0] == 404
+
+
+async def test_the_operator_sees_sagas_from_the_cli(
+    system: System, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from ordermesh.cli import app
+
+    shipped = await system.place([{"sku": "SKU-8", "quantity": 1, "unit_price": 10}])
+    declined = await system.place([{"sku": "SKU-8", "quantity": 1, "unit_price": 150_000}])
+    await system.settled(shipped)
+    await system.settled(declined)
+    monkeypatch.setenv("ORDERMESH_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+
+    async def invoke(*args: str) -> Any:  # the CLI runs its own event loop: in a thread
+        return await asyncio.to_thread(runner.invoke, app, list(args))
+
+    async def run(*args: str) -> Any:
+        done = await invoke(*args)
+        assert done.exit_code == 0, done.output
+        return json.loads(done.stdout)
+
+    shown = await run("saga", "show", shipped, "--json")
+    assert shown["state"] == "completed" and [s["name"] for s in shown["steps"]][-1] == "commit"
+    assert [r["saga_id"] for r in await run("saga", "list", "--state", "compensated", "--json")] == [declined]
+    assert {r["saga_id"] for r in await run("saga", "list", "--json")} == {shipped, declined}
+    table = await invoke("saga", "show", declined)
+    assert table.exit_code == 0 and "payment declined" in table.stdout
+    bad = await invoke("saga", "list", "--state", "stuck")
+    assert bad.exit_code == 2 and "--state must be one of" in bad.output
