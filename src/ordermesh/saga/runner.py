@@ -27,6 +27,7 @@ from typing import Any
 from ordermesh import tracing
 from ordermesh.clock import Clock
 from ordermesh.errors import DomainError, NotFound
+from ordermesh.failpoints import failpoint
 from ordermesh.saga.model import SagaContext, SagaRecord, StepRecord, Style
 from ordermesh.saga.store import SagaStore
 
@@ -196,6 +197,9 @@ class SagaRunner:
         finally:
             if scope is not None:
                 tracing.leave(scope)
+        # The step acted downstream, and the log does not say so yet: a crash here is the one a
+        # re-sent step must survive (tests arm it as saga.after.<step>).
+        await failpoint(f"saga.after.{step.name}")
         done = replace(attempted, outcome="succeeded", ended_at=self.clock.now(), detail=detail or "")
         data = {**saved.data, **ctx.produced}
         return await self._save(

@@ -1,0 +1,163 @@
+"""Sagas that survive kill -9, each service its own process (``ordermesh run NAME``) on the
+embedded defaults: the order service killed right after a step acted (and before its log said
+so), and a downstream killed under a saga. Every saga resumes and ends the same way; no step takes
+effect twice (checked against the payment ledger and the stock)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from ordermesh.auth import Tokens
+from ordermesh.client.inventory import InventoryClient
+from ordermesh.client.payments import PaymentsClient
+from ordermesh.config import Settings
+from tests.helpers import free_port
+
+BIN = Path(sys.executable).parent / "ordermesh"
+HTTP = {
+    "orders": "HTTP_PORT",
+    "payments": "PAYMENTS_HTTP_PORT",
+    "inventory": "INVENTORY_HTTP_PORT",
+    "shipping": "SHIPPING_HTTP_PORT",
+}
+PORTS = [*HTTP.values(), "GRPC_PORT", "PAYMENTS_GRPC_PORT", "INVENTORY_GRPC_PORT", "NOTIFICATIONS_HTTP_PORT"]
+
+
+class Fleet:
+    """The four services a saga needs, each its own process, sharing the data dir's broker."""
+
+    def __init__(self, data: Path) -> None:
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("ORDERMESH_")},
+            "ORDERMESH_DATA_DIR": str(data),
+            "ORDERMESH_SAGA_DEADLINE": "60",
+            **{f"ORDERMESH_{p}": str(free_port()) for p in PORTS},
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.env['ORDERMESH_' + HTTP[service]]}"
+
+    def start(self, service: str, **extra: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [str(BIN), "run", service],
+            env={**self.env, **extra},
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+        )
+        self.procs[service] = proc
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{self.url(service)}/readyz", timeout=1).status_code == 200:
+                    return proc
+            time.sleep(0.05)
+        proc.kill()
+        pytest.fail(f"{service} did not start: {proc.communicate()[1].decode()[-1500:]}")
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(20)
+            if proc.poll() is None:
+                proc.kill()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    f = Fleet(tmp_path / "data")
+    for service in ("payments", "inventory", "shipping"):
+        f.start(service)
+    try:
+        yield f
+    finally:
+        f.stop_all()
+
+
+TOKENS = Tokens(Settings())
+ORDER = {
+    "user_email": "kim@example.com",
+    "currency": "EUR",
+    "items": [{"sku": "SKU-3", "quantity": 4, "unit_price": 250}],
+}
+
+
+def place(fleet: Fleet) -> str:
+    answer = requests.post(
+        f"{fleet.url('orders')}/api/orders",
+        json=ORDER,
+        headers={"Authorization": f"Bearer {TOKENS.issue('kim')}"},
+        timeout=10,
+    )
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
+def settled(fleet: Fleet, order_id: str, timeout: float = 40) -> tuple[dict[str, Any], dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {TOKENS.issue('kim')}"}
+    deadline = time.monotonic() + timeout
+    while True:
+        order = requests.get(
+            f"{fleet.url('orders')}/api/orders/{order_id}", headers=headers, timeout=5
+        ).json()
+        saga = requests.get(f"{fleet.url('orders')}/api/orders/{order_id}/saga", headers=headers, timeout=5)
+        if saga.status_code == 200 and saga.json()["state"] == "completed" and order["status"] == "shipped":
+            return order, saga.json()
+        assert time.monotonic() < deadline, (order, saga.text)
+        time.sleep(0.1)
+
+
+async def downstream_effects(fleet: Fleet, order_id: str) -> tuple[int, int, Any]:
+    token = TOKENS.issue_service("test")
+    pay_at = f"127.0.0.1:{fleet.env['ORDERMESH_PAYMENTS_GRPC_PORT']}"
+    stock_at = f"127.0.0.1:{fleet.env['ORDERMESH_INVENTORY_GRPC_PORT']}"
+    async with PaymentsClient(pay_at, token) as pay, InventoryClient(stock_at, token) as stock:
+        payment = await pay.get_payment(order_id)
+        (level,) = await stock.stock(["SKU-3"])
+    return payment.charged, payment.refunded, level
+
+
+@pytest.mark.parametrize("step", ["payment", "stock", "shipment", "commit"])
+def test_the_order_service_killed_after_a_step_acted_resumes_and_nothing_happens_twice(
+    fleet: Fleet, step: str
+) -> None:
+    armed = fleet.start("orders", ORDERMESH_FAILPOINTS=f"saga.after.{step}=kill")
+    order_id = place(fleet)
+    assert armed.wait(30) == -signal.SIGKILL  # it died with the step done and not yet logged
+    fleet.start("orders")  # back, without the failpoint: the saga is due and resumes
+    order, saga = settled(fleet, order_id)
+    assert order["tracking_id"]
+    attempts = {s["name"]: s["attempts"] for s in saga["steps"]}
+    assert attempts[step] == 2 and sum(attempts.values()) == 5  # that step re-sent, no other
+    charged, refunded, level = asyncio.run(downstream_effects(fleet, order_id))
+    assert (charged, refunded) == (1000, 0)  # charged once, although asked twice
+    assert (level.available, level.reserved, level.shipped) == (996, 0, 4)  # reserved once, shipped once
+
+
+def test_a_downstream_killed_under_a_saga_is_waited_for(fleet: Fleet) -> None:
+    fleet.start("orders", ORDERMESH_SAGA_STEP_TIMEOUT="0.5")
+    fleet.procs["inventory"].kill()  # kill -9 inventory: the saga's next step cannot be made
+    fleet.procs["inventory"].wait()
+    order_id = place(fleet)
+    time.sleep(2.0)  # longer than a step may take: the saga retries on its durable wake-ups
+    fleet.start("inventory")
+    _, saga = settled(fleet, order_id)
+    stock = next(s for s in saga["steps"] if s["name"] == "stock")
+    assert stock["attempts"] >= 2 and stock["outcome"] == "succeeded"
+    charged, refunded, level = asyncio.run(downstream_effects(fleet, order_id))
+    assert (charged, refunded) == (1000, 0) and (level.reserved, level.shipped) == (0, 4)
