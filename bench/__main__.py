@@ -1,5 +1,5 @@
-"""``python -m bench [appends] [replay] [aggregate_load] [http_orders]``: run the named benchmarks
-(all when none is named).
+"""``python -m bench [appends] [replay] [aggregate_load] [http_orders] [pagination] ...``: run the
+named benchmarks (all when none is named).
 
 ``BENCH_LOOP=uvloop`` runs our side on uvloop (what ``uvicorn[standard]`` serves with) instead of
 the stock asyncio loop; the peers are unaffected.
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bench import aggregate_load, appends, grpc_orders, http_orders, messaging, replay
+from bench import aggregate_load, appends, grpc_orders, http_orders, messaging, pagination, replay, sagas
 from bench.common import Figure
 from ordermesh.tuning import describe, tune_gc
 
@@ -27,6 +27,8 @@ BENCHMARKS: dict[str, Callable[[], Coroutine[Any, Any, list[Figure]]]] = {
     "http_orders": http_orders.run,
     "grpc_orders": grpc_orders.run,
     "messaging": messaging.run,
+    "pagination": pagination.run,
+    "sagas": sagas.run,
 }
 
 

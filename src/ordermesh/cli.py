@@ -638,6 +638,21 @@ def info(as_json: JsonFlag = False) -> None:
 
 
 @app.command()
+def demo(
+    orders: Annotated[int, typer.Option(min=1, max=10_000, help="how many orders to place")] = 30,
+    url: Annotated[
+        str | None, typer.Option(help="the order service's REST URL (default: ORDERMESH_HTTP_PORT's)")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds to wait for every order to end")] = 90.0,
+) -> None:
+    """Place a mix of orders (shipping, declined, out of stock) on the running system, follow them
+    live, then summarize each outcome; exit 1 unless every order ended with a reason."""
+    from ordermesh.demo import run_demo
+
+    raise typer.Exit(_run_async(run_demo(_settings(), orders, url, timeout, console)))
+
+
+@app.command()
 def openapi() -> None:
     """Print the REST API's OpenAPI document (committed as docs/openapi.json)."""
     from ordermesh.services.orders.openapi import openapi_json
