@@ -15,6 +15,7 @@ domain code never knows HTTP or gRPC::
     ├── IdempotencyError
     │   ├── IdempotencyKeyInUse  the same key is still being processed       -> 409 / ABORTED
     │   └── IdempotencyKeyReused the same key came with a different request  -> 422 / INVALID_ARGUMENT
+    ├── RateLimited              too many requests (or open streams) for now -> 429 / RESOURCE_EXHAUSTED
     ├── InfrastructureError      a database or broker is unreachable         -> 503 / UNAVAILABLE
     └── ConfigError              a setting (ORDERMESH_*) is malformed        -> one line at start, exit 1
 """
@@ -84,6 +85,15 @@ class IdempotencyKeyInUse(IdempotencyError):
 
 class IdempotencyKeyReused(IdempotencyError):
     """This key was first used with a different request."""
+
+
+class RateLimited(OrdermeshError):
+    """The caller sent more than its share; ``retry_after`` seconds from now it may try again
+    (0: no telling, e.g. until it closes one of its streams)."""
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InfrastructureError(OrdermeshError):

@@ -6,6 +6,8 @@ that answer with these documents live in ``ordermesh.http.problems``.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +30,26 @@ STATUS: list[tuple[type[errors.OrdermeshError], int, str]] = [
     (errors.PermissionDenied, 403, "forbidden"),
     (errors.IdempotencyKeyInUse, 409, "idempotency-key-in-use"),
     (errors.IdempotencyKeyReused, 422, "idempotency-key-reused"),
+    (errors.RateLimited, 429, "rate-limited"),
     (errors.InfrastructureError, 503, "unavailable"),
 ]
+
+# What an error says is capped, since it may quote the input: a run of more than
+# _LONGEST_WORD non-blank characters (more than any valid id, key or name) is cut to its first
+# _QUOTED ones and "…", and the whole text to ``limit`` characters.
+_LONGEST_WORD = 160
+_QUOTED = 40
+_LONG_WORD = re.compile(rf"\S{{{_LONGEST_WORD + 1},}}")
+DETAIL_LIMIT = 500
+DESCRIPTION_LIMIT = 300
+
+
+def clip(text: str, limit: int = DETAIL_LIMIT) -> str:
+    """``text`` safe to send back: a huge input quoted in it is cut to a short prefix + "…"."""
+    if len(text) <= _LONGEST_WORD:
+        return text
+    text = _LONG_WORD.sub(lambda m: m.group()[:_QUOTED] + "…", text)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +58,14 @@ class ProblemDocument:
 
     status: int
     body: bytes
+    retry_after: float = 0.0  # 429: seconds until the caller may try again
 
     @property
     def headers(self) -> dict[str, str]:
         if self.status == 401:
             return {"WWW-Authenticate": "Bearer"}
+        if self.status == 429 and self.retry_after > 0:
+            return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}  # whole seconds (RFC 9110)
         if self.status == 503:
             # A backing service is down: worth retrying soon, and every client knows this header.
             return {"Retry-After": str(RETRY_UNAVAILABLE_AFTER)}
@@ -56,8 +79,14 @@ def problem_body(
         "type": TYPE_PREFIX + slug,
         "title": slug.replace("-", " "),
         "status": status,
-        "detail": detail,
-        "violations": list(violations or []),
+        "detail": clip(detail),
+        "violations": [
+            {
+                "field": clip(v["field"], DESCRIPTION_LIMIT),
+                "description": clip(v["description"], DESCRIPTION_LIMIT),
+            }
+            for v in violations or ()
+        ],
     }
     return orjson.dumps(body)
 
@@ -71,7 +100,8 @@ def problem_for(exc: BaseException) -> ProblemDocument:
                 if isinstance(exc, errors.ValidationError)
                 else None
             )
-            return ProblemDocument(status, problem_body(status, slug, str(exc), violations))
+            retry_after = exc.retry_after if isinstance(exc, errors.RateLimited) else 0.0
+            return ProblemDocument(status, problem_body(status, slug, str(exc), violations), retry_after)
     return ProblemDocument(500, problem_body(500, "internal", "unexpected error"))
 
 
@@ -97,6 +127,8 @@ def error_from_problem(status: int, body: bytes) -> errors.OrdermeshError:
         if slug == "idempotency-key-in-use":
             return errors.IdempotencyKeyInUse(detail)
         return errors.DomainError(detail)
+    if status == 429:
+        return errors.RateLimited(detail)
     if status == 422:
         if slug == "idempotency-key-reused":
             return errors.IdempotencyKeyReused(detail)

@@ -75,7 +75,8 @@ class SqlEventStore:
         self.db = db
         self._dialect = db.dialect
         self._clock = clock or SystemClock()
-        self._signal = HeadSignal()
+        # One head query per poll interval while anyone waits, shared by every subscriber.
+        self._signal = HeadSignal(self.head_position, poll_interval)
         self._poll_interval = poll_interval
         self._schema = ""
 
@@ -172,9 +173,9 @@ class SqlEventStore:
         return int(row[0]) if row else 0
 
     async def wait_for_events(self, after_position: int, timeout: float) -> None:
-        # Other processes' appends arrive by NOTIFY (PostgreSQL) or are found by the caller's
-        # next read after at most one poll interval (SQLite has no cross-process signal).
-        await self._signal.wait(after_position, min(timeout, self._poll_interval))
+        # Other processes' appends arrive by NOTIFY (PostgreSQL) or are found by the signal's one
+        # poller within a poll interval (SQLite has no cross-process signal).
+        await self._signal.wait(after_position, timeout)
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         await self.db.execute(
@@ -201,6 +202,7 @@ class SqlEventStore:
         return Snapshot(row[0], row[1], row[2], _json(row[3]), ts_value(self._dialect, row[4]))
 
     async def close(self) -> None:
+        self._signal.close()
         await self.db.close()
 
     def _events(self, rows: Sequence[Row]) -> list[StoredEvent]:

@@ -13,6 +13,7 @@ from ordermesh import __version__
 from ordermesh.errors import InfrastructureError
 from ordermesh.http import problems
 from ordermesh.http.metrics import HttpMetrics, MetricsMiddleware
+from ordermesh.http.middleware import BodyLimits, HttpLimits
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 ReadyCheck = Callable[[FastAPI], Awaitable[None]]
@@ -81,13 +82,18 @@ def create_app(
     ready: ReadyCheck,
     lifespan: Lifespan | None = None,
     security_schemes: dict[str, Any] | None = None,
+    limits: HttpLimits | None = None,
 ) -> FastAPI:
     """``security_schemes`` documents authentication that routes do without FastAPI's security
-    dependencies (they reference it through ``openapi_extra``)."""
+    dependencies (they reference it through ``openapi_extra``). ``limits`` (default: the settings'
+    defaults) caps request bodies here, before any route reads one or authenticates; the listener
+    serving the app (``kit.listeners``) takes its header limits from ``app.state.http_limits``."""
+    limits = limits or HttpLimits()
     app = ServiceApp(title=title, version=__version__, lifespan=lifespan, **_native_telemetry())
     app.security_schemes = security_schemes
     metrics = HttpMetrics()
     app.state.metrics = metrics
+    app.state.http_limits = limits
     problems.install(app)
 
     @app.get(
@@ -119,5 +125,7 @@ def create_app(
     async def metrics_endpoint() -> Response:
         return metrics.response()
 
+    # Added first, so inside the metrics middleware: refused bodies are counted too.
+    app.add_middleware(BodyLimits, limits=limits)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

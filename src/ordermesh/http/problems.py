@@ -56,6 +56,7 @@ _DESCRIPTIONS = {
     404: "no such resource (or not yours to know about)",
     409: "a business rule or a concurrent request refused the change",
     422: "invalid input: every offending field is listed in `violations`",
+    429: "too many requests for now: retry after the seconds in `Retry-After`",
     503: "a backing service (database) is unavailable; retry later",
 }
 
@@ -73,6 +74,13 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
                 "WWW-Authenticate": {
                     "description": "the authentication scheme to use: `Bearer`",
                     "schema": {"type": "string"},
+                }
+            }
+        if s == 429:
+            entry["headers"] = {
+                "Retry-After": {
+                    "description": "whole seconds to wait before trying again",
+                    "schema": {"type": "integer", "minimum": 1},
                 }
             }
         out[s] = entry

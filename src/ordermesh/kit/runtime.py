@@ -36,6 +36,7 @@ from ordermesh.config import Settings, client_host, redact_urls
 from ordermesh.db import SqlDb, connect
 from ordermesh.errors import InfrastructureError
 from ordermesh.http.app import create_app
+from ordermesh.http.middleware import HttpLimits
 from ordermesh.kit.listeners import HttpListener, add_grpc_port, bind
 from ordermesh.messaging import Broker, open_broker
 from ordermesh.messaging.outbox import OutboxPublisher, SqlOutbox
@@ -227,7 +228,9 @@ def _runtime(
     async def ready(_app: FastAPI) -> None:
         await holder[0].ready()
 
-    app = create_app(spec.title, ready, security_schemes=spec.security_schemes)
+    # Every service's HTTP edge: body and header caps, slow clients cut (ORDERMESH_MAX_BODY_BYTES…).
+    limits = HttpLimits.from_settings(settings)
+    app = create_app(spec.title, ready, security_schemes=spec.security_schemes, limits=limits)
     rt = Runtime(spec, settings, clock, Tokens(settings, clock), app, stack)
     holder.append(rt)
     return rt

@@ -19,8 +19,17 @@ from ordermesh.rpc.interceptors import CallInterceptor
 HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 REFLECTION_SERVICE: str = reflection.SERVICE_NAME
 
+#: The largest message a server takes or sends: a bigger request is refused with
+#: RESOURCE_EXHAUSTED before it is decoded, and a bigger answer fails the same way rather than
+#: reach a client that (by gRPC's default, 4 MiB too) would refuse it anyway.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
 #: No SO_REUSEPORT: a second server on a taken port must fail, not silently share the traffic.
-DEFAULT_OPTIONS: Sequence[tuple[str, Any]] = (("grpc.so_reuseport", 0),)
+DEFAULT_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+)
 
 
 class _Health(health_async.HealthServicer):  # type: ignore[misc, unused-ignore]

@@ -2,8 +2,10 @@
 
 The one place where error classes meet gRPC codes. Every status carries an ``ErrorInfo`` (reason
 and domain ``ordermesh.dev``), so a client can tell apart errors that share a code; a
-``ValidationError`` also carries a ``BadRequest`` listing each offending field. Reasons are the
-REST problem slugs in upper snake case.
+``ValidationError`` also carries a ``BadRequest`` listing each offending field, and ``RateLimited``
+a ``RetryInfo`` saying when to try again. Reasons are the REST problem slugs in upper snake case.
+Messages are clipped as problem documents are (``ordermesh.problems.clip``): an error never
+sends back more than a short prefix of a huge input.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped, unused-ignore]
 from grpc_status import rpc_status  # type: ignore[import-untyped, unused-ignore]
 
 from ordermesh import errors
+from ordermesh.problems import DESCRIPTION_LIMIT, clip
 
 DOMAIN = "ordermesh.dev"
 _DETAILS_KEY = "grpc-status-details-bin"  # where grpc_status puts the google.rpc.Status
@@ -31,6 +35,7 @@ _MAPPING: list[tuple[type[errors.OrdermeshError], grpc.StatusCode, str]] = [
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, "FORBIDDEN"),
     (errors.IdempotencyKeyInUse, grpc.StatusCode.ABORTED, "IDEMPOTENCY_KEY_IN_USE"),
     (errors.IdempotencyKeyReused, grpc.StatusCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_REUSED"),
+    (errors.RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED"),
     (errors.InfrastructureError, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE"),
 ]
 _BY_REASON = {reason: cls for cls, _, reason in _MAPPING}
@@ -53,9 +58,19 @@ def rich_status(exc: BaseException) -> status_pb2.Status:
             details: list[Message] = [_error_info(reason, _metadata(exc))]
             if isinstance(exc, errors.ValidationError) and exc.violations:
                 violation = error_details_pb2.BadRequest.FieldViolation
-                fields = [violation(field=v.field, description=v.description) for v in exc.violations]
+                fields = [
+                    violation(
+                        field=clip(v.field, DESCRIPTION_LIMIT),
+                        description=clip(v.description, DESCRIPTION_LIMIT),
+                    )
+                    for v in exc.violations
+                ]
                 details.append(error_details_pb2.BadRequest(field_violations=fields))
-            return _status(code, str(exc) or reason.replace("_", " ").lower(), details)
+            if isinstance(exc, errors.RateLimited) and exc.retry_after > 0:
+                delay = Duration()
+                delay.FromNanoseconds(round(exc.retry_after * 1e9))
+                details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+            return _status(code, clip(str(exc)) or reason.replace("_", " ").lower(), details)
     return _status(grpc.StatusCode.INTERNAL, "internal error", [_error_info(INTERNAL_REASON, {})])
 
 
@@ -72,7 +87,7 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.OrdermeshError:
     no class (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, ...) becomes ``InfrastructureError``.
     """
     code, message = exc.code(), exc.details() or ""
-    info, violations = _read_details(exc)
+    info, violations, retry_after = _read_details(exc)
     cls = _BY_REASON.get(info.reason) if info is not None and info.domain == DOMAIN else None
     cls = cls or _BY_CODE.get(code)
     if cls is errors.ConcurrencyConflict:
@@ -81,6 +96,8 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> errors.OrdermeshError:
         return conflict if conflict is not None else errors.DomainError(message)
     if cls is errors.ValidationError:
         return errors.ValidationError(message, violations)
+    if cls is errors.RateLimited:
+        return errors.RateLimited(message, retry_after)
     if cls is None:
         return errors.InfrastructureError(f"{code.name}: {message}")
     return cls(message)
@@ -118,7 +135,7 @@ def _conflict(metadata: Mapping[str, str]) -> errors.ConcurrencyConflict | None:
 
 def _read_details(
     exc: grpc.aio.AioRpcError,
-) -> tuple[error_details_pb2.ErrorInfo | None, list[errors.FieldViolation]]:
+) -> tuple[error_details_pb2.ErrorInfo | None, list[errors.FieldViolation], float]:
     raw = next((v for k, v in exc.trailing_metadata() or () if k == _DETAILS_KEY), None)
     try:
         status = status_pb2.Status.FromString(raw) if isinstance(raw, bytes) else None
@@ -126,10 +143,17 @@ def _read_details(
         status = None
     info: error_details_pb2.ErrorInfo | None = None
     violations: list[errors.FieldViolation] = []
+    retry_after = 0.0
     for detail in status.details if status is not None else ():
-        unpacked, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+        unpacked, bad, retry = (
+            error_details_pb2.ErrorInfo(),
+            error_details_pb2.BadRequest(),
+            error_details_pb2.RetryInfo(),
+        )
         if detail.Unpack(unpacked):  # False when the detail is of another type
             info = unpacked
         elif detail.Unpack(bad):
             violations += [errors.FieldViolation(v.field, v.description) for v in bad.field_violations]
-    return info, violations
+        elif detail.Unpack(retry):
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+    return info, violations, retry_after
