@@ -1,13 +1,17 @@
-"""The orchestrated order saga across the real services (each built by the kit, on its own
-ephemeral ports and its own database, talking gRPC and REST over sockets), with the issue's
-invariants checked after every run: every order ends shipped or cancelled with a reason; money
-charged minus refunded is the total if shipped and 0 if cancelled; stock adds up and nothing stays
-reserved for a cancelled order."""
+"""The order saga across the real services (each built by the kit, on its own ephemeral ports and
+its own database), in both styles: orchestrated (gRPC and REST over sockets) and choreographed
+(events alone, through ONE broker the four services share: the embedded broker's file, or
+RabbitMQ under a fresh prefix). The issue's invariants are checked after every run: every order
+ends shipped or cancelled with a reason; money charged minus refunded is the total if shipped and
+0 if cancelled; stock adds up and nothing stays reserved for a cancelled order; and the saga log
+reads the same whichever style ran it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +27,13 @@ from ordermesh.config import Settings
 from ordermesh.errors import NotFound
 from ordermesh.kit import Runtime
 from ordermesh.kit.testing import running
+from ordermesh.messaging import open_broker
 from ordermesh.services.inventory.spec import SPEC as INVENTORY
+from ordermesh.services.orders.choreography import RETRY as CHOREOGRAPHY_RETRY
 from ordermesh.services.orders.spec import SPEC as ORDERS
 from ordermesh.services.payments.spec import SPEC as PAYMENTS
 from ordermesh.services.shipping.spec import SPEC as SHIPPING
+from tests.conftest import AMQP_URL, require_rabbitmq
 
 STOCK = 1000  # the demo catalog: SKU-1 ... SKU-9
 
@@ -38,6 +45,7 @@ class System:
     inventory: Runtime
     http: aiohttp.ClientSession
     tokens: Tokens
+    style: str = "orchestrated"
 
     async def place(self, items: list[dict[str, Any]], user: str = "alice") -> str:
         body = {"user_email": f"{user}@example.com", "currency": "EUR", "items": items}
@@ -60,7 +68,11 @@ class System:
             # The read model follows the saga log a moment later: wait for both.
             saga_ended = status == 200 and saga["state"] in ("completed", "compensated", "failed")
             if saga_ended and order["status"] in ("shipped", "cancelled"):
-                return {"order": order, "saga": saga}
+                # ... and for the read model to show every event of the order (choreographed, the
+                # refund is recorded after the cancellation).
+                _, events = await self.get(f"/api/orders/{order_id}/events")
+                if order["version"] == len(events["events"]):
+                    return {"order": order, "saga": saga}
             assert asyncio.get_running_loop().time() < deadline, (order, saga)
             await asyncio.sleep(0.02)  # another process's saga: polled through its API
 
@@ -86,25 +98,97 @@ class System:
             assert level.reserved == 0, level  # nothing held once every saga has ended
 
 
-@pytest.fixture
-async def system(tmp_path: Path) -> AsyncIterator[System]:
-    base = Settings(data_dir=tmp_path, broker_url="memory://", payment_limit=100_000)
-    async with (
-        running(PAYMENTS, base) as payments,
-        running(INVENTORY, base) as inventory,
-        running(SHIPPING, base) as shipping,
-    ):
+# The choreography's queues by the exchange they follow (``ordermesh.services.*.consumers``):
+# what a RabbitMQ run leaves behind, deleted after it.
+CHOREOGRAPHY_QUEUES = {
+    "orders": [
+        "payments.order_created",
+        "payments.order_cancelled",
+        "inventory.order_created",
+        "inventory.order_cancelled",
+        "inventory.order_shipped",
+        "shipping.order_cancelled",
+    ],
+    "payments": ["inventory.payment_processed", "orders.payment_events"],
+    "inventory": ["shipping.stock_reserved", "orders.stock_events"],
+    "shipping": ["orders.shipment_events"],
+}
+
+
+async def drop_topology(url: str) -> None:
+    """Delete a RabbitMQ run's exchanges and queues (declared again here, so this broker owns them)."""
+    broker = await open_broker(url)
+
+    async def ignore(_: Any) -> None:
+        return None
+
+    try:
+        for exchange, queues in CHOREOGRAPHY_QUEUES.items():
+            await broker.declare_exchange(exchange)
+            for queue in queues:
+                # With the consumers' retry policy: its delay queues are declared, so deleted too.
+                await (
+                    await broker.subscribe(queue, exchange, ["#"], ignore, retry=CHOREOGRAPHY_RETRY)
+                ).stop()
+        await broker.delete_topology()
+    finally:
+        await broker.close()
+
+
+def broker_for(style: str, tmp_path: Path) -> str:
+    """One broker for every service: each runtime opens it from this URL."""
+    if style == "choreographed-amqp":
+        require_rabbitmq()
+        return f"{AMQP_URL}?prefix=t{uuid.uuid4().hex[:10]}."
+    if style == "choreographed":
+        return f"sqlite:///{tmp_path}/broker.db"
+    return "memory://"  # orchestrated: the relay's messages go nowhere that matters here
+
+
+@contextlib.asynccontextmanager
+async def fulfilment(
+    style: str, tmp_path: Path, *, shipping: bool = True, **overrides: Any
+) -> AsyncIterator[System]:
+    """The four services in ``style``; without ``shipping``, the shipping service is never started
+    (choreographed: nothing schedules a shipment, so every saga stalls at it)."""
+    base = Settings(
+        data_dir=tmp_path,
+        broker_url=broker_for(style, tmp_path),
+        payment_limit=100_000,
+        saga="orchestrated" if style == "orchestrated" else "choreographed",
+        database_url=overrides.pop("database_url", ""),  # unset: a SQLite file per service
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        if style == "choreographed-amqp":
+            stack.push_async_callback(drop_topology, base.broker_url)
+        # The consumers first: their queues are bound before the first order event is published.
+        payments = await stack.enter_async_context(running(PAYMENTS, base))
+        inventory = await stack.enter_async_context(running(INVENTORY, base))
+        shipping_url = ""
+        if shipping:
+            shipping_url = (await stack.enter_async_context(running(SHIPPING, base))).http_url
         settings = base.model_copy(
             update={
                 "payments_target": payments.grpc_target,
                 "inventory_target": inventory.grpc_target,
-                "shipping_url": shipping.http_url,
+                "shipping_url": shipping_url,
                 "saga_step_timeout": 2.0,
                 "saga_deadline": 20.0,
             }
+            | overrides
         )
-        async with running(ORDERS, settings) as orders, aiohttp.ClientSession() as http:
-            yield System(orders, payments, inventory, http, orders.tokens)
+        orders = await stack.enter_async_context(running(ORDERS, settings))
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        yield System(orders, payments, inventory, http, orders.tokens, base.saga)
+
+
+STYLES = ["orchestrated", "choreographed", pytest.param("choreographed-amqp", marks=pytest.mark.rabbitmq)]
+
+
+@pytest.fixture(params=STYLES)
+async def system(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[System]:
+    async with fulfilment(request.param, tmp_path) as built:
+        yield built
 
 
 async def test_an_order_is_paid_reserved_shipped_and_its_saga_shows_every_step(system: System) -> None:
@@ -112,7 +196,7 @@ async def test_an_order_is_paid_reserved_shipped_and_its_saga_shows_every_step(s
     settled = await system.settled(order_id)
     order, saga = settled["order"], settled["saga"]
     assert order["status"] == "shipped" and order["tracking_id"].startswith("OM")
-    assert saga["style"] == "orchestrated" and saga["state"] == "completed" and saga["compensations"] == []
+    assert saga["style"] == system.style and saga["state"] == "completed" and saga["compensations"] == []
     assert [(s["name"], s["service"], s["outcome"], s["attempts"]) for s in saga["steps"]] == [
         ("payment", "payments", "succeeded", 1),
         ("stock", "inventory", "succeeded", 1),
@@ -153,12 +237,14 @@ async def test_short_stock_refunds_then_cancels_naming_the_sku(system: System) -
     assert order["refunded_amount"] == order["total"]
     assert [c["name"] for c in saga["compensations"]] == ["payment", "cancel"]
     _, events = await system.get(f"/api/orders/{order_id}/events")
+    # Orchestrated, the saga refunds then cancels; choreographed, the cancellation is what makes
+    # payments refund, so the order records it first.
+    undo = ["OrderRefunded", "OrderCancelled"]
     assert [e["type"] for e in events["events"]] == [
         "OrderCreated",
         "PaymentProcessed",
         "StockReservationFailed",
-        "OrderRefunded",
-        "OrderCancelled",
+        *(undo if system.style == "orchestrated" else reversed(undo)),
     ]
     await system.check_invariants({order_id: settled})
 

@@ -29,7 +29,7 @@ from ordermesh import tracing
 from ordermesh.errors import ConcurrencyConflict
 from ordermesh.eventstore.model import NO_STREAM
 from ordermesh.eventstore.subscription import CheckpointStore, subscribe
-from ordermesh.saga import SagaContext, SagaDefinition, SagaRunner, Step, StepFailed
+from ordermesh.saga import SagaContext, SagaDefinition, Step, StepFailed
 from ordermesh.services.orders.domain import TERMINAL, OrderAggregate
 from ordermesh.services.orders.events import OrderCreated, codec
 from ordermesh.services.orders.projections import STREAM_PREFIX
@@ -107,6 +107,24 @@ class Downstream:
 Command = Callable[[OrderAggregate, datetime], None]
 
 
+async def record_on_order(orders: OrderService, order_id: str, command: Command) -> OrderAggregate:
+    """Apply ``command`` to the order and save what it records (nothing when the order shows it
+    already: a re-sent step, or a redelivered event, changes nothing twice). A concurrent writer
+    makes it re-read and decide again: the order's stream is the one arbiter of its fate. Shared
+    by both saga styles (``choreography`` records its events through it too)."""
+    for _ in range(5):
+        order = await orders.repository.load(order_id)
+        command(order, orders.clock.now())
+        if not order.pending():
+            return order
+        try:
+            await orders.repository.save(order, tracing.event_metadata())
+        except ConcurrencyConflict:
+            continue
+        return order
+    raise ConcurrencyConflict(orders.repository.stream_id(order_id), NO_STREAM)
+
+
 class OrderSaga:
     """The saga's steps, bound to the order service and its three downstreams."""
 
@@ -127,19 +145,7 @@ class OrderSaga:
         )
 
     async def _record(self, order_id: str, command: Command) -> OrderAggregate:
-        """Apply ``command`` to the order and save what it records (nothing when the order shows
-        it already: a re-sent step changes nothing twice)."""
-        for _ in range(5):
-            order = await self.orders.repository.load(order_id)
-            command(order, self.orders.clock.now())
-            if not order.pending():
-                return order
-            try:
-                await self.orders.repository.save(order, tracing.event_metadata())
-            except ConcurrencyConflict:
-                continue
-            return order
-        raise ConcurrencyConflict(self.orders.repository.stream_id(order_id), NO_STREAM)
+        return await record_on_order(self.orders, order_id, command)
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -248,16 +254,27 @@ def saga_data(event: OrderCreated, traceparent: str | None = None) -> dict[str, 
     return data
 
 
+class SagaStarter(Protocol):
+    """What begins a saga: the orchestrating ``SagaRunner``, or the choreography's log keeper."""
+
+    async def begin(self, saga_id: str, name: str, data: dict[str, Any]) -> Any: ...
+
+
 async def start_sagas(
-    orders: OrderService, runner: SagaRunner, checkpoints: CheckpointStore, stop: asyncio.Event
+    orders: OrderService,
+    runner: SagaStarter,
+    checkpoints: CheckpointStore,
+    stop: asyncio.Event,
+    name: str = STARTER,
 ) -> None:
-    """Start a saga for every order created, from a durable checkpoint: an order whose process
-    died before its saga began gets one when the service is back. Runs until ``stop``."""
+    """Start a saga for every order created, from a durable checkpoint (``name``'s): an order
+    whose process died before its saga began gets one when the service is back. Runs until
+    ``stop``."""
 
     async def follow() -> None:
         while True:
             try:
-                async with subscribe(orders.repository.store, checkpoints, STARTER) as events:
+                async with subscribe(orders.repository.store, checkpoints, name) as events:
                     async for event in events:
                         if event.type == OrderCreated.TYPE and event.stream_id.startswith(STREAM_PREFIX):
                             created = codec.decode(event)
@@ -270,11 +287,20 @@ async def start_sagas(
                 log.exception("saga starter: retrying in a second")
                 await asyncio.sleep(1.0)
 
-    following = asyncio.create_task(follow(), name=STARTER)
+    following = asyncio.create_task(follow(), name=name)
     await stop.wait()
     following.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await following
 
 
-__all__ = ["SAGA", "Downstream", "OrderSaga", "saga_data", "start_sagas"]
+__all__ = [
+    "SAGA",
+    "Command",
+    "Downstream",
+    "OrderSaga",
+    "SagaStarter",
+    "record_on_order",
+    "saga_data",
+    "start_sagas",
+]

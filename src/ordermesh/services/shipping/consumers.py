@@ -1,0 +1,116 @@
+"""The shipping service's part of the choreographed saga (``ORDERMESH_SAGA=choreographed``):
+``stock.reserved`` schedules the order's shipment (the message carries its lines) ->
+``shipment.scheduled``; ``order.cancelled`` cancels it -> ``shipment.cancelled``.
+
+The two come on separate queues, so either may be handled first. A cancel first leaves a
+cancelled tombstone, and the late schedule is refused by the store: the cancellation wins, and
+that refusal is the expected end of the message, not an error. A cancel after the schedule
+cancels the shipment and says so.
+
+Effectively once: each reaction is the service's own use case, idempotent by order id (a second
+schedule answers the first shipment; a second cancel changes nothing), committing the shipment
+and its message together. The inbox is read before and written after it (the service opens its
+own transaction), so a crash in between redelivers the message and the use case answers what it
+did the first time, publishing nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ordermesh.contracts import inventory as stock_contract
+from ordermesh.contracts import orders as order_contract
+from ordermesh.errors import DomainError, NotFound
+from ordermesh.failpoints import failpoint
+from ordermesh.messaging import Broker
+from ordermesh.messaging.context import traced
+from ordermesh.messaging.inbox import Inbox
+from ordermesh.messaging.metrics import ConsumerMetrics
+from ordermesh.messaging.port import Delivery, Handler, PermanentError, RetryPolicy, Subscription
+from ordermesh.services.shipping.domain import Item
+from ordermesh.services.shipping.service import ShippingService
+
+log = logging.getLogger("ordermesh.shipping")
+
+INBOX_CONSUMER = "shipping"
+REACTED = "shipping.choreography.reacted"  # the failpoint between a reaction and its inbox record
+RETRY = RetryPolicy(max_attempts=30, initial=0.1, multiplier=2.0, maximum=5.0)
+
+
+async def _nothing(_: Any) -> None:
+    """The inbox's effect: the reaction has run already, only the message id is recorded."""
+
+
+class ShippingReactions:
+    def __init__(self, service: ShippingService, inbox: Inbox) -> None:
+        self.service, self.inbox = service, inbox
+
+    async def on_stock_reserved(self, delivery: Delivery) -> None:
+        try:
+            reserved = stock_contract.StockReserved.model_validate_json(delivery.message.body)
+        except ValueError as exc:
+            raise PermanentError(f"stock.reserved: {exc}") from exc
+        items = [Item(line.sku, line.quantity) for line in reserved.items]
+        try:
+            await self.service.schedule(reserved.order_id, items)
+        except DomainError as exc:
+            if (await self.service.get(reserved.order_id)).status != "cancelled":
+                raise
+            log.info("order %s: not scheduled, its cancellation came first (%s)", reserved.order_id, exc)
+
+    async def on_order_cancelled(self, delivery: Delivery) -> None:
+        order = delivery.message.payload()
+        if not isinstance(order, dict) or not isinstance(order.get("id"), str):
+            raise PermanentError("order.cancelled without an order id")
+        await self.service.cancel(order["id"])
+
+    def once(self, react: Callable[[Delivery], Awaitable[None]]) -> Handler:
+        """``react`` unless the inbox has the message, then recorded; a business refusal
+        (DomainError, NotFound) never succeeds on retry: dead-lettered at once."""
+
+        async def handle(delivery: Delivery) -> None:
+            message_id = delivery.message.message_id
+            if await self.inbox.seen(message_id):
+                return
+            try:
+                await react(delivery)
+            except (DomainError, NotFound) as exc:
+                raise PermanentError(f"{delivery.message.routing_key}: {exc}") from exc
+            await failpoint(REACTED)  # a crash here: the effect is done, its message not recorded
+            await self.inbox.once(message_id, _nothing)
+
+        return handle
+
+
+async def start_shipping_consumers(
+    broker: Broker, reactions: ShippingReactions, metrics: ConsumerMetrics | None = None
+) -> list[Subscription]:
+    """Subscribe ``shipping.stock_reserved`` and ``shipping.order_cancelled``; returns at once."""
+    queues: dict[str, tuple[str, str, Handler]] = {
+        "shipping.stock_reserved": (
+            stock_contract.EXCHANGE,
+            stock_contract.STOCK_RESERVED,
+            reactions.once(reactions.on_stock_reserved),
+        ),
+        "shipping.order_cancelled": (
+            order_contract.EXCHANGE,
+            "order.cancelled",
+            reactions.once(reactions.on_order_cancelled),
+        ),
+    }
+    subscriptions: list[Subscription] = []
+    try:
+        for queue, (exchange, key, react) in queues.items():
+            handler = traced(react)
+            measured = handler if metrics is None else metrics.consumed(queue, handler)
+            subscriptions.append(await broker.subscribe(queue, exchange, [key], measured, retry=RETRY))
+    except BaseException:
+        for sub in subscriptions:
+            await sub.stop()
+        raise
+    return subscriptions
+
+
+__all__ = ["INBOX_CONSUMER", "REACTED", "RETRY", "ShippingReactions", "start_shipping_consumers"]
