@@ -30,13 +30,12 @@ import orjson
 from ordermesh.contracts import orders as order_contract
 from ordermesh.contracts import payments as payment_contract
 from ordermesh.db import SqlDb, Tx, migrate
-from ordermesh.errors import DomainError, NotFound
-from ordermesh.failpoints import failpoint
 from ordermesh.messaging import Broker
 from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox
 from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import Delivery, Handler, PermanentError, RetryPolicy, Subscription
+from ordermesh.messaging.reactions import react_once
 from ordermesh.services.inventory.domain import MAX_REASON, Line
 from ordermesh.services.inventory.store import InventoryStore
 
@@ -53,10 +52,6 @@ _LINES = {
 
 class NotYet(Exception):
     """The message came before what it needs (a payment before its order's lines): retried."""
-
-
-async def _nothing(_: Any) -> None:
-    """The inbox's effect when the reaction ran outside its transaction."""
 
 
 def _body(delivery: Delivery, key: str) -> dict[str, Any]:
@@ -117,21 +112,7 @@ class InventoryReactions:
         await self.store.commit(_body(delivery, "id")["id"])
 
     def once(self, react: Callable[[Delivery], Awaitable[None]]) -> Handler:
-        """``react`` unless the inbox has the message, then recorded; a business refusal
-        (DomainError, NotFound) never succeeds on retry: dead-lettered at once."""
-
-        async def handle(delivery: Delivery) -> None:
-            message_id = delivery.message.message_id
-            if await self.inbox.seen(message_id):
-                return
-            try:
-                await react(delivery)
-            except (DomainError, NotFound) as exc:
-                raise PermanentError(f"{delivery.message.routing_key}: {exc}") from exc
-            await failpoint(REACTED)  # a crash here: the effect is done, its message not recorded
-            await self.inbox.once(message_id, _nothing)
-
-        return handle
+        return react_once(self.inbox, react, failpoint_name=REACTED)
 
 
 async def start_inventory_consumers(

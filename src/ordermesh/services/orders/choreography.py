@@ -51,13 +51,13 @@ from ordermesh.contracts import payments as pay
 from ordermesh.contracts import shipping as ship
 from ordermesh.errors import ConcurrencyConflict, DomainError, NotFound
 from ordermesh.eventstore.subscription import CheckpointStore
-from ordermesh.failpoints import failpoint
 from ordermesh.kit import Runtime
 from ordermesh.messaging import Broker
 from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox, MemoryInbox, SqlInbox
 from ordermesh.messaging.metrics import ConsumerMetrics
-from ordermesh.messaging.port import Delivery, Handler, PermanentError, RetryPolicy, Subscription
+from ordermesh.messaging.port import Delivery, Handler, RetryPolicy, Subscription
+from ordermesh.messaging.reactions import react_once
 from ordermesh.saga import SagaRecord, SagaStore, StepRecord
 from ordermesh.services.orders.domain import TERMINAL, OrderAggregate
 from ordermesh.services.orders.runtime import OrderSystem
@@ -221,6 +221,10 @@ class Choreography:
         self.orders, self.sagas, self.clock, self.inbox = orders, sagas, clock, inbox
         self.deadline = timedelta(seconds=deadline)
         self._reactions = self._reactions_by_key()
+        # A business refusal or a malformed body can never succeed on a retry: dead-lettered.
+        self._once = react_once(
+            inbox, self._react, failpoint_name=REACTED, refusals=(DomainError, NotFound, ValueError)
+        )
 
     async def begin(self, saga_id: str, name: str, data: dict[str, Any]) -> SagaRecord:
         """The saga's record, created once (the starter and an early event may both try)."""
@@ -400,18 +404,11 @@ class Choreography:
 
     async def handle(self, delivery: Delivery) -> None:
         """One event from any of the three queues, effectively once (see the module doc)."""
-        message = delivery.message
-        react = self._reactions.get(message.routing_key)
-        if react is None:
-            return  # a routing key this version does not follow: nothing to do
-        if await self.inbox.seen(message.message_id):
-            return
-        try:
-            await react(message.body)
-        except (DomainError, NotFound, ValueError) as exc:  # a business refusal, a malformed body
-            raise PermanentError(f"{message.routing_key}: {exc}") from exc
-        await failpoint(REACTED)  # a crash here: the effect is done, its message not recorded
-        await self.inbox.once(message.message_id, _nothing)
+        if delivery.message.routing_key in self._reactions:  # else: a key this version ignores
+            await self._once(delivery)
+
+    async def _react(self, delivery: Delivery) -> None:
+        await self._reactions[delivery.message.routing_key](delivery.message.body)
 
     def _reactions_by_key(self) -> dict[str, Callable[[bytes], Awaitable[None]]]:
         def on(model: Any, react: Callable[[Any], Awaitable[None]]) -> Callable[[bytes], Awaitable[None]]:
@@ -428,10 +425,6 @@ class Choreography:
             ship.SHIPMENT_SCHEDULED: on(ship.ShipmentScheduled, self.shipment_scheduled),
             ship.SHIPMENT_CANCELLED: on(ship.ShipmentCancelled, self.shipment_cancelled),
         }
-
-
-async def _nothing(_: Any) -> None:
-    """The inbox's effect: the handler has run already, only the message id is recorded."""
 
 
 async def start_order_consumers(

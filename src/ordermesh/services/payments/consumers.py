@@ -19,13 +19,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ordermesh.contracts import orders as order_contract
-from ordermesh.errors import DomainError, NotFound
-from ordermesh.failpoints import failpoint
 from ordermesh.messaging import Broker
 from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox
 from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import Delivery, Handler, PermanentError, RetryPolicy, Subscription
+from ordermesh.messaging.reactions import react_once
 from ordermesh.services.payments.domain import MAX_REASON
 from ordermesh.services.payments.service import PaymentService
 
@@ -47,26 +46,8 @@ def _order(delivery: Delivery, *fields: str) -> dict[str, Any]:
     return body
 
 
-async def _nothing(_: Any) -> None:
-    """The inbox's effect: the reaction has run already, only the message id is recorded."""
-
-
 def once(inbox: Inbox, react: Callable[[Delivery], Awaitable[None]]) -> Handler:
-    """``react`` unless the inbox has the message; then the inbox records it. A business refusal
-    (DomainError, NotFound) can never succeed on retry: dead-lettered at once."""
-
-    async def handle(delivery: Delivery) -> None:
-        message_id = delivery.message.message_id
-        if await inbox.seen(message_id):
-            return
-        try:
-            await react(delivery)
-        except (DomainError, NotFound) as exc:
-            raise PermanentError(f"{delivery.message.routing_key}: {exc}") from exc
-        await failpoint(REACTED)  # a crash here: the effect is done, its message not recorded
-        await inbox.once(message_id, _nothing)
-
-    return handle
+    return react_once(inbox, react, failpoint_name=REACTED)
 
 
 class PaymentReactions:

@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from ordermesh.contracts import inventory as stock_contract
 from ordermesh.contracts import orders as order_contract
-from ordermesh.errors import DomainError, NotFound
-from ordermesh.failpoints import failpoint
+from ordermesh.errors import DomainError
 from ordermesh.messaging import Broker
 from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox
 from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import Delivery, Handler, PermanentError, RetryPolicy, Subscription
+from ordermesh.messaging.reactions import react_once
 from ordermesh.services.shipping.domain import Item
 from ordermesh.services.shipping.service import ShippingService
 
@@ -37,10 +36,6 @@ log = logging.getLogger("ordermesh.shipping")
 INBOX_CONSUMER = "shipping"
 REACTED = "shipping.choreography.reacted"  # the failpoint between a reaction and its inbox record
 RETRY = RetryPolicy(max_attempts=30, initial=0.1, multiplier=2.0, maximum=5.0)
-
-
-async def _nothing(_: Any) -> None:
-    """The inbox's effect: the reaction has run already, only the message id is recorded."""
 
 
 class ShippingReactions:
@@ -67,21 +62,7 @@ class ShippingReactions:
         await self.service.cancel(order["id"])
 
     def once(self, react: Callable[[Delivery], Awaitable[None]]) -> Handler:
-        """``react`` unless the inbox has the message, then recorded; a business refusal
-        (DomainError, NotFound) never succeeds on retry: dead-lettered at once."""
-
-        async def handle(delivery: Delivery) -> None:
-            message_id = delivery.message.message_id
-            if await self.inbox.seen(message_id):
-                return
-            try:
-                await react(delivery)
-            except (DomainError, NotFound) as exc:
-                raise PermanentError(f"{delivery.message.routing_key}: {exc}") from exc
-            await failpoint(REACTED)  # a crash here: the effect is done, its message not recorded
-            await self.inbox.once(message_id, _nothing)
-
-        return handle
+        return react_once(self.inbox, react, failpoint_name=REACTED)
 
 
 async def start_shipping_consumers(
