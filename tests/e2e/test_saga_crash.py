@@ -161,3 +161,30 @@ def test_a_downstream_killed_under_a_saga_is_waited_for(fleet: Fleet) -> None:
     assert stock["attempts"] >= 2 and stock["outcome"] == "succeeded"
     charged, refunded, level = asyncio.run(downstream_effects(fleet, order_id))
     assert (charged, refunded) == (1000, 0) and (level.reserved, level.shipped) == (0, 4)
+
+
+@pytest.mark.parametrize("victim", ["payments", "inventory", "shipping", "orders"])
+def test_choreographed_a_service_killed_after_it_reacted_picks_up_where_it_was(
+    tmp_path: Path, victim: str
+) -> None:
+    """Each service killed -9 right after its reaction took effect and before its inbox said so:
+    restarted, the event comes again, the reaction runs again (idempotent by order id), and the
+    order still ships once."""
+    fleet = Fleet(tmp_path / "data")
+    fleet.env["ORDERMESH_SAGA"] = "choreographed"
+    try:
+        for service in ("payments", "inventory", "shipping", "orders"):
+            armed = (
+                {"ORDERMESH_FAILPOINTS": f"{service}.choreography.reacted=kill"} if service == victim else {}
+            )
+            fleet.start(service, **armed)
+        order_id = place(fleet)
+        assert fleet.procs[victim].wait(30) == -signal.SIGKILL
+        fleet.start(victim)
+        order, saga = settled(fleet, order_id)
+        assert saga["style"] == "choreographed" and order["tracking_id"]
+        charged, refunded, level = asyncio.run(downstream_effects(fleet, order_id))
+        assert (charged, refunded) == (1000, 0)
+        assert (level.available, level.reserved, level.shipped) == (996, 0, 4)
+    finally:
+        fleet.stop_all()
