@@ -2,8 +2,9 @@
 
 Both servers run in their own process with one uvicorn worker and the same settings; the peer
 returns a constant Python list of the same orders (same JSON size) the usual FastAPI way. Ours
-authenticates the bearer token, reads the user's list from the SQLite read model and records
-metrics. The load comes from this process: 32 aiohttp connections for a fixed time. Target >= 1.0x.
+authenticates the bearer token, reads the first page (the default 50, so the whole list here)
+from the SQLite read model and records metrics. The load comes from this process: 32 aiohttp
+connections for a fixed time. Target >= 1.0x.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _serve_bare(port: int, body_file: str) -> None:
 
     @app.get("/api/users/{user_id}/orders")
     async def user_orders(user_id: str) -> dict[str, Any]:
-        return {"orders": orders}
+        return {"orders": orders, "next": None}  # one page holds them all, as ours
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 

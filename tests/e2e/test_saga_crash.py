@@ -188,3 +188,42 @@ def test_choreographed_a_service_killed_after_it_reacted_picks_up_where_it_was(
         assert (level.available, level.reserved, level.shipped) == (996, 0, 4)
     finally:
         fleet.stop_all()
+
+
+@pytest.mark.postgres
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("style", ["orchestrated", "choreographed"])
+def test_both_styles_on_postgresql_and_rabbitmq_with_a_service_killed(
+    tmp_path: Path, pg_url: str, style: str
+) -> None:
+    """Production mode: every service in its own schema of one PostgreSQL database, RabbitMQ
+    between them, each its own process; inventory is killed -9 with orders in flight."""
+    import uuid
+
+    from tests.conftest import AMQP_URL, require_rabbitmq
+
+    require_rabbitmq()
+    fleet = Fleet(tmp_path / "data")
+    fleet.env |= {
+        "ORDERMESH_SAGA": style,
+        "ORDERMESH_DATABASE_URL": pg_url,  # its search_path prefixes each service's schema
+        "ORDERMESH_BROKER_URL": f"{AMQP_URL}?prefix=saga{uuid.uuid4().hex[:8]}.",
+        "ORDERMESH_SAGA_STEP_TIMEOUT": "1",
+    }
+    try:
+        for service in ("payments", "inventory", "shipping", "orders"):
+            fleet.start(service)
+        ids = [place(fleet) for _ in range(3)]
+        fleet.procs["inventory"].kill()
+        fleet.procs["inventory"].wait()
+        time.sleep(1.5)  # the sagas meet a missing inventory
+        fleet.start("inventory")
+        for order_id in ids:
+            order, saga = settled(fleet, order_id)
+            assert saga["style"] == style and order["tracking_id"]
+        charged, refunded, level = asyncio.run(downstream_effects(fleet, ids[0]))
+        assert (charged, refunded) == (1000, 0)
+        assert (level.available, level.reserved, level.shipped) == (988, 0, 12)
+        assert not (tmp_path / "data" / "orders.db").exists()  # nothing local in production mode
+    finally:
+        fleet.stop_all()

@@ -28,7 +28,7 @@ async def test_create_then_read_it_back_everywhere(api: Api) -> None:
     status, detail = await api.call("GET", f"/api/orders/{order['id']}")
     assert status == 200 and detail == order
     status, listing = await api.call("GET", "/api/users/alice/orders")
-    assert status == 200 and listing == {"orders": [order]}
+    assert status == 200 and listing == {"orders": [order], "next": None}
     status, history = await api.call("GET", f"/api/orders/{order['id']}/events")
     assert status == 200
     (created,) = history["events"]
@@ -97,7 +97,7 @@ async def test_users_never_see_each_others_orders(api: Api) -> None:
     status, body = await api.call("GET", "/api/users/alice/orders", user="mallory")
     assert status == 403 and "alice@example.com" not in str(body)
     status, body = await api.call("GET", "/api/users/mallory/orders", user="mallory")
-    assert status == 200 and body == {"orders": []}
+    assert status == 200 and body == {"orders": [], "next": None}
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,7 @@ async def test_bad_orders_get_a_precise_422(api: Api, body: dict[str, object], f
     assert field in [v["field"] for v in problem["violations"]]
     assert problem["detail"]
     _, listing = await api.call("GET", "/api/users/alice/orders")
-    assert listing == {"orders": []}
+    assert listing == {"orders": [], "next": None}
 
 
 async def test_malformed_json_and_unknown_things(api: Api) -> None:

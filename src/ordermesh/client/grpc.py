@@ -14,7 +14,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, get_args
 
@@ -85,6 +85,14 @@ def _history(response: pb.GetOrderHistoryResponse) -> list[dict[str, Any]]:
     ]
 
 
+def _list_request(user_id: str, page_size: int | None, page_token: str | None) -> pb.GetUserOrdersRequest:
+    return pb.GetUserOrdersRequest(user_id=user_id, page_size=page_size or 0, page_token=page_token or "")
+
+
+def _page(response: pb.GetUserOrdersResponse) -> dict[str, Any]:
+    return {"orders": [order_dict(o) for o in response.orders], "next": response.next_page_token or None}
+
+
 def _get_order_request(order_id: str, version: int | None, as_of: datetime | None) -> pb.GetOrderRequest:
     request = pb.GetOrderRequest(order_id=order_id)
     if version is not None:
@@ -122,11 +130,40 @@ class OrdersGrpcClient(GrpcClient):
         super().__init__(target, token, timeout, retries)
         self.stub = pb_grpc.OrderServiceStub(self.channel)
 
-    async def get_user_orders(self, user_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
-        response = await self._call(
-            self.stub.GetUserOrders, pb.GetUserOrdersRequest(user_id=user_id), timeout
-        )
-        return [order_dict(o) for o in response.orders]
+    async def get_user_orders(
+        self,
+        user_id: str,
+        limit: int | None = None,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """One page of the user's orders, newest first: the newest ``limit`` (the server's default
+        page size unless given), or those older than the page whose ``next`` cursor is ``after``."""
+        return list((await self.get_user_orders_page(user_id, limit, after, timeout))["orders"])
+
+    async def get_user_orders_page(
+        self,
+        user_id: str,
+        limit: int | None = None,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """``{"orders": [...], "next": CURSOR|None}`` (``next_page_token``, None on the last page)."""
+        request = _list_request(user_id, limit, after)
+        return _page(await self._call(self.stub.GetUserOrders, request, timeout))
+
+    async def iter_user_orders(
+        self, user_id: str, page_size: int | None = None, timeout: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every order of the user, newest first, a page at a time (``timeout`` per page)."""
+        after: str | None = None
+        while True:
+            page = await self.get_user_orders_page(user_id, page_size, after, timeout)
+            for order in page["orders"]:
+                yield order
+            after = page["next"]
+            if after is None:
+                return
 
     async def get_order(
         self,
@@ -208,9 +245,37 @@ class SyncOrdersGrpcClient(_Base):
             time.sleep(min(0.05 * 2**attempt, max(deadline - time.monotonic(), 0)))
         raise AssertionError("unreachable")
 
-    def get_user_orders(self, user_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
-        response = self._call(self.stub.GetUserOrders, pb.GetUserOrdersRequest(user_id=user_id), timeout)
-        return [order_dict(o) for o in response.orders]
+    def get_user_orders(
+        self,
+        user_id: str,
+        limit: int | None = None,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """One page of the user's orders, newest first (as ``OrdersGrpcClient.get_user_orders``)."""
+        return list(self.get_user_orders_page(user_id, limit, after, timeout)["orders"])
+
+    def get_user_orders_page(
+        self,
+        user_id: str,
+        limit: int | None = None,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """``{"orders": [...], "next": CURSOR|None}`` (``next_page_token``, None on the last page)."""
+        return _page(self._call(self.stub.GetUserOrders, _list_request(user_id, limit, after), timeout))
+
+    def iter_user_orders(
+        self, user_id: str, page_size: int | None = None, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every order of the user, newest first, a page at a time (``timeout`` per page)."""
+        after: str | None = None
+        while True:
+            page = self.get_user_orders_page(user_id, page_size, after, timeout)
+            yield from page["orders"]
+            after = page["next"]
+            if after is None:
+                return
 
     def get_order(
         self,

@@ -15,7 +15,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -42,8 +42,10 @@ class _Request:
     field: str | None = None  # the member of the JSON answer the caller wants
 
 
-def _user_orders(user_id: str) -> _Request:
-    return _Request("GET", f"/api/users/{quote(user_id, safe='')}/orders", field="orders")
+def _user_orders(user_id: str, limit: int | None, after: str | None, field: str | None) -> _Request:
+    query = urlencode({k: v for k, v in {"limit": limit, "after": after}.items() if v is not None})
+    path = f"/api/users/{quote(user_id, safe='')}/orders" + (f"?{query}" if query else "")
+    return _Request("GET", path, field=field)
 
 
 def _order_events(order_id: str) -> _Request:
@@ -118,8 +120,38 @@ class OrdermeshClient(_Base):
             time.sleep(min(_backoff(attempt), max(deadline - time.monotonic(), 0)))
         raise errors.InfrastructureError(f"{req.method} {req.path}: no answer within the deadline")
 
-    def get_user_orders(self, user_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
-        return cast(list[dict[str, Any]], self._send(_user_orders(user_id), timeout))
+    def get_user_orders(
+        self,
+        user_id: str,
+        limit: int | None = None,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """One page of the user's orders, newest first: the newest ``limit`` (the server's default
+        page size unless given), or those older than the page whose ``next`` cursor is ``after``."""
+        return cast(list[dict[str, Any]], self._send(_user_orders(user_id, limit, after, "orders"), timeout))
+
+    def get_user_orders_page(
+        self,
+        user_id: str,
+        limit: int | None = None,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """``{"orders": [...], "next": CURSOR|None}``: as ``get_user_orders``, with the cursor."""
+        return cast(dict[str, Any], self._send(_user_orders(user_id, limit, after, None), timeout))
+
+    def iter_user_orders(
+        self, user_id: str, page_size: int | None = None, timeout: float | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every order of the user, newest first, a page at a time (``timeout`` per page)."""
+        after: str | None = None
+        while True:
+            page = self.get_user_orders_page(user_id, page_size, after, timeout)
+            yield from page["orders"]
+            after = page["next"]
+            if after is None:
+                return
 
     def get_order(
         self,
@@ -192,8 +224,41 @@ class AsyncOrdermeshClient(_Base):
             await asyncio.sleep(min(_backoff(attempt), max(deadline - loop.time(), 0)))
         raise errors.InfrastructureError(f"{req.method} {req.path}: no answer within the deadline")
 
-    async def get_user_orders(self, user_id: str, timeout: float | None = None) -> list[dict[str, Any]]:
-        return cast(list[dict[str, Any]], await self._send(_user_orders(user_id), timeout))
+    async def get_user_orders(
+        self,
+        user_id: str,
+        limit: int | None = None,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """One page of the user's orders, newest first: the newest ``limit`` (the server's default
+        page size unless given), or those older than the page whose ``next`` cursor is ``after``."""
+        req = _user_orders(user_id, limit, after, "orders")
+        return cast(list[dict[str, Any]], await self._send(req, timeout))
+
+    async def get_user_orders_page(
+        self,
+        user_id: str,
+        limit: int | None = None,
+        after: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """``{"orders": [...], "next": CURSOR|None}``: as ``get_user_orders``, with the cursor."""
+        req = _user_orders(user_id, limit, after, None)
+        return cast(dict[str, Any], await self._send(req, timeout))
+
+    async def iter_user_orders(
+        self, user_id: str, page_size: int | None = None, timeout: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every order of the user, newest first, a page at a time (``timeout`` per page)."""
+        after: str | None = None
+        while True:
+            page = await self.get_user_orders_page(user_id, page_size, after, timeout)
+            for order in page["orders"]:
+                yield order
+            after = page["next"]
+            if after is None:
+                return
 
     async def get_order(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 
 from ordermesh.readmodel.port import ModelState
@@ -10,6 +11,7 @@ from ordermesh.readmodel.port import ModelState
 class MemoryDocStore:
     def __init__(self) -> None:
         self._docs: dict[tuple[str, int], dict[str, bytes]] = {}
+        self._keys: dict[tuple[str, int], list[str]] = {}  # each generation's keys, sorted, for scan
         self._positions: dict[tuple[str, int], int] = {}
         self._live: dict[str, int] = {}
 
@@ -18,6 +20,7 @@ class MemoryDocStore:
             self._live[model] = 1
             self._positions[(model, 1)] = 0
             self._docs[(model, 1)] = {}
+            self._keys[(model, 1)] = []
         return self._live[model]
 
     async def get(self, model: str, key: str) -> bytes | None:
@@ -25,6 +28,21 @@ class MemoryDocStore:
 
     async def get_in(self, model: str, generation: int, key: str) -> bytes | None:
         return self._docs.get((model, generation), {}).get(key)
+
+    async def scan(
+        self, model: str, prefix: str, after: str | None = None, limit: int = 100
+    ) -> list[tuple[str, bytes]]:
+        gen = (model, self._ensure(model))
+        keys, docs = self._keys[gen], self._docs[gen]
+        if after is not None and after >= prefix:
+            i = bisect.bisect_right(keys, after)
+        else:
+            i = bisect.bisect_left(keys, prefix)
+        out: list[tuple[str, bytes]] = []
+        while i < len(keys) and len(out) < limit and keys[i].startswith(prefix):
+            out.append((keys[i], docs[keys[i]]))
+            i += 1
+        return out
 
     async def state(self, model: str) -> ModelState:
         gen = self._ensure(model)
@@ -43,11 +61,14 @@ class MemoryDocStore:
     ) -> bool:
         if self._positions.get((model, generation)) != expected_position:
             return False
-        store = self._docs[(model, generation)]
+        store, keys = self._docs[(model, generation)], self._keys[(model, generation)]
         for key, body in docs.items():
             if body is None:
-                store.pop(key, None)
+                if store.pop(key, None) is not None:
+                    keys.pop(bisect.bisect_left(keys, key))
             else:
+                if key not in store:
+                    bisect.insort(keys, key)
                 store[key] = body
         self._positions[(model, generation)] = new_position
         return True
@@ -57,6 +78,7 @@ class MemoryDocStore:
         gen = max(g for (m, g) in self._positions if m == model) + 1
         self._positions[(model, gen)] = 0
         self._docs[(model, gen)] = {}
+        self._keys[(model, gen)] = []
         return gen
 
     async def activate(self, model: str, generation: int) -> None:
@@ -64,3 +86,4 @@ class MemoryDocStore:
         for key in [k for k in self._positions if k[0] == model and k[1] != generation]:
             del self._positions[key]
             self._docs.pop(key, None)
+            self._keys.pop(key, None)

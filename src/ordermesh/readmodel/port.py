@@ -4,6 +4,9 @@ A read model is a named set of JSON documents in *generations*: the live generat
 while a rebuild fills the next one beside it; activation swaps them atomically. Each generation
 has its own checkpoint, and documents are written in the same transaction that moves it, with a
 compare-and-set on the old value: two projectors can never both apply the same events.
+
+Keys are ordered by their code points (UTF-8 byte order, SQL collation "C"), so a model can keep
+an index as one document per entry under a common prefix, and read a page of it with ``scan``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,14 @@ class DocStore(Protocol):
         ...
 
     async def get_in(self, model: str, generation: int, key: str) -> bytes | None: ...
+
+    async def scan(
+        self, model: str, prefix: str, after: str | None = None, limit: int = 100
+    ) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` documents of the live generation whose keys start with ``prefix`` and
+        sort after ``after`` (all of them when None), as (key, body) in key order: one indexed
+        range read, whatever the size of the model."""
+        ...
 
     async def state(self, model: str) -> ModelState:
         """The live generation and its checkpoint (generation 1 at position 0 for a new model)."""
@@ -53,3 +64,16 @@ class DocStore(Protocol):
     async def activate(self, model: str, generation: int) -> None:
         """Make ``generation`` live and drop every other generation of the model."""
         ...
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least key above every key starting with ``prefix`` (None: no bound), so a prefix read
+    is an index range ``prefix <= key < prefix_end(prefix)``."""
+    while prefix:
+        code = ord(prefix[-1]) + 1
+        if 0xD800 <= code <= 0xDFFF:  # surrogates are no characters of a UTF-8 key
+            code = 0xE000
+        if code <= 0x10FFFF:
+            return prefix[:-1] + chr(code)
+        prefix = prefix[:-1]
+    return None

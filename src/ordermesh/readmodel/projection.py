@@ -53,9 +53,16 @@ class DocBatch:
 
 
 class Projection(Protocol):
+    """``name`` is the model's; a projection whose documents change shape declares a ``version``
+    attribute (1 when absent): a model built by another version is rebuilt at ``catch_up``."""
+
     name: str
 
     async def apply(self, event: StoredEvent, docs: DocBatch) -> None: ...
+
+
+# The document, in a versioned projection's model, naming the version that built it.
+VERSION_KEY = "~projection"
 
 
 Progress = Callable[[int, int], None]
@@ -72,6 +79,7 @@ class Projector:
         self.position = 0
         self._moved = asyncio.Event()
         self._running = False
+        self._version_checked = False
         self.failures = 0
 
     @property
@@ -85,6 +93,9 @@ class Projector:
         if not events:
             return 0
         batch = DocBatch(self.docs, self.name, generation)
+        version = getattr(self.projection, "version", None)
+        if position == 0 and version is not None:
+            batch.put(VERSION_KEY, {"version": version})
         for event in events:
             await self.projection.apply(event, batch)
         ok = await self.docs.commit(self.name, generation, position, events[-1].position, batch.encoded())
@@ -107,8 +118,32 @@ class Projector:
             self._moved = asyncio.Event()
 
     async def catch_up(self) -> None:
+        await self._rebuild_if_outdated()
         while await self.step():
             pass
+
+    async def _rebuild_if_outdated(self) -> None:
+        """After an upgrade that changed the projection's documents, the live model is rebuilt
+        once, before anything reads it in the new shape."""
+        if self._version_checked:
+            return
+        built_by = await self._built_by()
+        if built_by is not None:
+            log.warning("read model %s was built by version %s; rebuilding it", self.name, built_by)
+            try:
+                await self.rebuild()
+            except RuntimeError:
+                if await self._built_by() is not None:  # not a twin process's rebuild winning
+                    raise
+        self._version_checked = True
+
+    async def _built_by(self) -> int | None:
+        """The version that built the live model, when it is not this projection's."""
+        if (await self.docs.state(self.name)).position == 0:
+            return None
+        raw = await self.docs.get(self.name, VERSION_KEY)
+        built_by = int(orjson.loads(raw)["version"]) if raw is not None else 1
+        return None if built_by == getattr(self.projection, "version", 1) else built_by
 
     async def run(self, stop: asyncio.Event, idle_timeout: float = 1.0) -> None:
         """Follow the store until ``stop`` is set. A failing page is retried with backoff (and

@@ -1,22 +1,36 @@
 """Document store on SQLite or PostgreSQL, in the event store's own database, so a projection's
-documents and its checkpoint commit together."""
+documents and its checkpoint commit together.
+
+Keys compare byte by byte on both (SQLite's BINARY, PostgreSQL's "C" collation): a ``scan`` is a
+range over the primary key, and its order is the same as in memory whatever the database's locale.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from ordermesh.db import SqlDb, migrate
-from ordermesh.readmodel.port import ModelState
+from ordermesh.readmodel.port import ModelState, prefix_end
 
 _BODY = {"postgres": "bytea", "sqlite": "BLOB"}
+_KEY = {"postgres": 'text COLLATE "C"', "sqlite": "text"}
+# Tables made before ``scan`` have the database's collation on rm_docs.key (a locale's order is
+# neither stable nor byte-wise): move them to "C" once; that rebuilds the primary key index.
+_KEY_TO_C = """DO $$ BEGIN
+    IF (SELECT c.collname FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+        WHERE a.attrelid = 'rm_docs'::regclass AND a.attname = 'key') <> 'C' THEN
+        ALTER TABLE rm_docs ALTER COLUMN key TYPE text COLLATE "C";
+    END IF;
+END $$"""
 
 
 def _ddl(dialect: str) -> list[str]:
     return [
         f"""CREATE TABLE IF NOT EXISTS rm_docs (
-            model text NOT NULL, generation integer NOT NULL, key text NOT NULL,
+            model text NOT NULL, generation integer NOT NULL, key {_KEY[dialect]} NOT NULL,
             body {_BODY[dialect]} NOT NULL,
             PRIMARY KEY (model, generation, key))""",
+        *([_KEY_TO_C] if dialect == "postgres" else []),
         """CREATE TABLE IF NOT EXISTS rm_checkpoints (
             model text NOT NULL, generation integer NOT NULL, position bigint NOT NULL,
             PRIMARY KEY (model, generation))""",
@@ -66,6 +80,22 @@ class SqlDocStore:
             key,
         )
         return bytes(row[0]) if row else None
+
+    async def scan(
+        self, model: str, prefix: str, after: str | None = None, limit: int = 100
+    ) -> list[tuple[str, bytes]]:
+        # One statement, so a generation swap cannot fall between finding the live generation and
+        # reading it; the scalar subquery leaves a plain range on the primary key to both planners.
+        start, op = (after, ">") if after is not None and after >= prefix else (prefix, ">=")
+        end = prefix_end(prefix)
+        sql = (
+            "SELECT key, body FROM rm_docs WHERE model = $1 "
+            "AND generation = (SELECT generation FROM rm_live WHERE model = $1) "
+            f"AND key {op} $2 {'AND key < $4 ' if end is not None else ''}ORDER BY key LIMIT $3"
+        )
+        args = (model, start, limit, end) if end is not None else (model, start, limit)
+        rows = await self.db.fetch(sql, *args)
+        return [(str(r[0]), bytes(r[1])) for r in rows]
 
     async def state(self, model: str) -> ModelState:
         await self._ensure(model)

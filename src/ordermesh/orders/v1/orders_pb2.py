@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ordermesh/orders/v1/orders.proto\x12\x13ordermesh.orders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x14GetUserOrdersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"C\n\x15GetUserOrdersResponse\x12*\n\x06orders\x18\x01 \x03(\x0b\x32\x1a.ordermesh.orders.v1.Order\">\n\tOrderItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x12\n\nunit_price\x18\x03 \x01(\x03\"\x9a\x04\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nuser_email\x18\x03 \x01(\t\x12-\n\x05items\x18\x04 \x03(\x0b\x32\x1e.ordermesh.orders.v1.OrderItem\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\r\n\x05total\x18\x06 \x01(\x03\x12\x0e\n\x06status\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\n \x01(\x05\x12\x17\n\npayment_id\x18\x0b \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0ereservation_id\x18\x0c \x01(\tH\x01\x88\x01\x01\x12\x16\n\x0estock_released\x18\r \x01(\x08\x12\x17\n\x0frefunded_amount\x18\x0e \x01(\x03\x12\x18\n\x0btracking_id\x18\x0f \x01(\tH\x02\x88\x01\x01\x12\x1a\n\rcancel_reason\x18\x10 \x01(\tH\x03\x88\x01\x01\x12\x1b\n\x0e\x66\x61ilure_reason\x18\x11 \x01(\tH\x04\x88\x01\x01\x42\r\n\x0b_payment_idB\x11\n\x0f_reservation_idB\x0e\n\x0c_tracking_idB\x10\n\x0e_cancel_reasonB\x11\n\x0f_failure_reason\"X\n\rStreamRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08order_id\x18\x02 \x01(\tH\x00\x12\x16\n\x0e\x61\x66ter_position\x18\x03 \x01(\x03\x42\x08\n\x06target\"\xc5\x01\n\x0bOrderUpdate\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdata_json\x18\x06 \x01(\t\x12)\n\x05order\x18\x07 \x01(\x0b\x32\x1a.ordermesh.orders.v1.Order\"\x82\x01\n\x12\x43reateOrderRequest\x12\x12\n\nuser_email\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12-\n\x05items\x18\x03 \x03(\x0b\x32\x1e.ordermesh.orders.v1.OrderItem\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"i\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\x05H\x00\x12+\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x04\n\x02\x61t\"*\n\x16GetOrderHistoryRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"\x99\x01\n\nOrderEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x10\n\x08position\x18\x03 \x01(\x03\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eschema_version\x18\x05 \x01(\x05\x12\x11\n\tdata_json\x18\x06 \x01(\t\"J\n\x17GetOrderHistoryResponse\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.ordermesh.orders.v1.OrderEvent2\xe4\x03\n\x0cOrderService\x12\x66\n\rGetUserOrders\x12).ordermesh.orders.v1.GetUserOrdersRequest\x1a*.ordermesh.orders.v1.GetUserOrdersResponse\x12\\\n\x12StreamOrderUpdates\x12\".ordermesh.orders.v1.StreamRequest\x1a .ordermesh.orders.v1.OrderUpdate0\x01\x12R\n\x0b\x43reateOrder\x12\'.ordermesh.orders.v1.CreateOrderRequest\x1a\x1a.ordermesh.orders.v1.Order\x12L\n\x08GetOrder\x12$.ordermesh.orders.v1.GetOrderRequest\x1a\x1a.ordermesh.orders.v1.Order\x12l\n\x0fGetOrderHistory\x12+.ordermesh.orders.v1.GetOrderHistoryRequest\x1a,.ordermesh.orders.v1.GetOrderHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n ordermesh/orders/v1/orders.proto\x12\x13ordermesh.orders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"N\n\x14GetUserOrdersRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x15GetUserOrdersResponse\x12*\n\x06orders\x18\x01 \x03(\x0b\x32\x1a.ordermesh.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\">\n\tOrderItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x05\x12\x12\n\nunit_price\x18\x03 \x01(\x03\"\x9a\x04\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nuser_email\x18\x03 \x01(\t\x12-\n\x05items\x18\x04 \x03(\x0b\x32\x1e.ordermesh.orders.v1.OrderItem\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\r\n\x05total\x18\x06 \x01(\x03\x12\x0e\n\x06status\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\n \x01(\x05\x12\x17\n\npayment_id\x18\x0b \x01(\tH\x00\x88\x01\x01\x12\x1b\n\x0ereservation_id\x18\x0c \x01(\tH\x01\x88\x01\x01\x12\x16\n\x0estock_released\x18\r \x01(\x08\x12\x17\n\x0frefunded_amount\x18\x0e \x01(\x03\x12\x18\n\x0btracking_id\x18\x0f \x01(\tH\x02\x88\x01\x01\x12\x1a\n\rcancel_reason\x18\x10 \x01(\tH\x03\x88\x01\x01\x12\x1b\n\x0e\x66\x61ilure_reason\x18\x11 \x01(\tH\x04\x88\x01\x01\x42\r\n\x0b_payment_idB\x11\n\x0f_reservation_idB\x0e\n\x0c_tracking_idB\x10\n\x0e_cancel_reasonB\x11\n\x0f_failure_reason\"X\n\rStreamRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08order_id\x18\x02 \x01(\tH\x00\x12\x16\n\x0e\x61\x66ter_position\x18\x03 \x01(\x03\x42\x08\n\x06target\"\xc5\x01\n\x0bOrderUpdate\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdata_json\x18\x06 \x01(\t\x12)\n\x05order\x18\x07 \x01(\x0b\x32\x1a.ordermesh.orders.v1.Order\"\x82\x01\n\x12\x43reateOrderRequest\x12\x12\n\nuser_email\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12-\n\x05items\x18\x03 \x03(\x0b\x32\x1e.ordermesh.orders.v1.OrderItem\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"i\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\x05H\x00\x12+\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x04\n\x02\x61t\"*\n\x16GetOrderHistoryRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"\x99\x01\n\nOrderEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x10\n\x08position\x18\x03 \x01(\x03\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eschema_version\x18\x05 \x01(\x05\x12\x11\n\tdata_json\x18\x06 \x01(\t\"J\n\x17GetOrderHistoryResponse\x12/\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1f.ordermesh.orders.v1.OrderEvent2\xe4\x03\n\x0cOrderService\x12\x66\n\rGetUserOrders\x12).ordermesh.orders.v1.GetUserOrdersRequest\x1a*.ordermesh.orders.v1.GetUserOrdersResponse\x12\\\n\x12StreamOrderUpdates\x12\".ordermesh.orders.v1.StreamRequest\x1a .ordermesh.orders.v1.OrderUpdate0\x01\x12R\n\x0b\x43reateOrder\x12\'.ordermesh.orders.v1.CreateOrderRequest\x1a\x1a.ordermesh.orders.v1.Order\x12L\n\x08GetOrder\x12$.ordermesh.orders.v1.GetOrderRequest\x1a\x1a.ordermesh.orders.v1.Order\x12l\n\x0fGetOrderHistory\x12+.ordermesh.orders.v1.GetOrderHistoryRequest\x1a,.ordermesh.orders.v1.GetOrderHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,27 +33,27 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ordermesh.orders.v1.orders_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETUSERORDERSREQUEST']._serialized_start=90
-  _globals['_GETUSERORDERSREQUEST']._serialized_end=129
-  _globals['_GETUSERORDERSRESPONSE']._serialized_start=131
-  _globals['_GETUSERORDERSRESPONSE']._serialized_end=198
-  _globals['_ORDERITEM']._serialized_start=200
-  _globals['_ORDERITEM']._serialized_end=262
-  _globals['_ORDER']._serialized_start=265
-  _globals['_ORDER']._serialized_end=803
-  _globals['_STREAMREQUEST']._serialized_start=805
-  _globals['_STREAMREQUEST']._serialized_end=893
-  _globals['_ORDERUPDATE']._serialized_start=896
-  _globals['_ORDERUPDATE']._serialized_end=1093
-  _globals['_CREATEORDERREQUEST']._serialized_start=1096
-  _globals['_CREATEORDERREQUEST']._serialized_end=1226
-  _globals['_GETORDERREQUEST']._serialized_start=1228
-  _globals['_GETORDERREQUEST']._serialized_end=1333
-  _globals['_GETORDERHISTORYREQUEST']._serialized_start=1335
-  _globals['_GETORDERHISTORYREQUEST']._serialized_end=1377
-  _globals['_ORDEREVENT']._serialized_start=1380
-  _globals['_ORDEREVENT']._serialized_end=1533
-  _globals['_GETORDERHISTORYRESPONSE']._serialized_start=1535
-  _globals['_GETORDERHISTORYRESPONSE']._serialized_end=1609
-  _globals['_ORDERSERVICE']._serialized_start=1612
-  _globals['_ORDERSERVICE']._serialized_end=2096
+  _globals['_GETUSERORDERSREQUEST']._serialized_end=168
+  _globals['_GETUSERORDERSRESPONSE']._serialized_start=170
+  _globals['_GETUSERORDERSRESPONSE']._serialized_end=262
+  _globals['_ORDERITEM']._serialized_start=264
+  _globals['_ORDERITEM']._serialized_end=326
+  _globals['_ORDER']._serialized_start=329
+  _globals['_ORDER']._serialized_end=867
+  _globals['_STREAMREQUEST']._serialized_start=869
+  _globals['_STREAMREQUEST']._serialized_end=957
+  _globals['_ORDERUPDATE']._serialized_start=960
+  _globals['_ORDERUPDATE']._serialized_end=1157
+  _globals['_CREATEORDERREQUEST']._serialized_start=1160
+  _globals['_CREATEORDERREQUEST']._serialized_end=1290
+  _globals['_GETORDERREQUEST']._serialized_start=1292
+  _globals['_GETORDERREQUEST']._serialized_end=1397
+  _globals['_GETORDERHISTORYREQUEST']._serialized_start=1399
+  _globals['_GETORDERHISTORYREQUEST']._serialized_end=1441
+  _globals['_ORDEREVENT']._serialized_start=1444
+  _globals['_ORDEREVENT']._serialized_end=1597
+  _globals['_GETORDERHISTORYRESPONSE']._serialized_start=1599
+  _globals['_GETORDERHISTORYRESPONSE']._serialized_end=1673
+  _globals['_ORDERSERVICE']._serialized_start=1676
+  _globals['_ORDERSERVICE']._serialized_end=2160
 # @@protoc_insertion_point(module_scope)

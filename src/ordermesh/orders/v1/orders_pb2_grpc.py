@@ -69,7 +69,8 @@ class OrderServiceServicer:
     """
 
     def GetUserOrders(self, request, context):
-        """The caller's orders, newest first, from the read model (as GET /api/users/{user_id}/orders).
+        """One page of the caller's orders, newest first, from the read model (as
+        GET /api/users/{user_id}/orders).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

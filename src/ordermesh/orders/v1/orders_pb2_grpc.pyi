@@ -36,7 +36,9 @@ class OrderServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OrderServiceAsyncStub: ...
     GetUserOrders: _grpc.UnaryUnaryMultiCallable[_orders_pb2.GetUserOrdersRequest, _orders_pb2.GetUserOrdersResponse]
-    """The caller's orders, newest first, from the read model (as GET /api/users/{user_id}/orders)."""
+    """One page of the caller's orders, newest first, from the read model (as
+    GET /api/users/{user_id}/orders).
+    """
     StreamOrderUpdates: _grpc.UnaryStreamMultiCallable[_orders_pb2.StreamRequest, _orders_pb2.OrderUpdate]
     """Every change to one user's orders, or to one order, after `after_position`, then live.
     Each update carries its position: reconnect with the last one seen to resume with no gap
@@ -57,7 +59,9 @@ class OrderServiceAsyncStub(OrderServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetUserOrders: _aio.UnaryUnaryMultiCallable[_orders_pb2.GetUserOrdersRequest, _orders_pb2.GetUserOrdersResponse]  # type: ignore[assignment]
-    """The caller's orders, newest first, from the read model (as GET /api/users/{user_id}/orders)."""
+    """One page of the caller's orders, newest first, from the read model (as
+    GET /api/users/{user_id}/orders).
+    """
     StreamOrderUpdates: _aio.UnaryStreamMultiCallable[_orders_pb2.StreamRequest, _orders_pb2.OrderUpdate]  # type: ignore[assignment]
     """Every change to one user's orders, or to one order, after `after_position`, then live.
     Each update carries its position: reconnect with the last one seen to resume with no gap
@@ -81,7 +85,9 @@ class OrderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orders_pb2.GetUserOrdersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orders_pb2.GetUserOrdersResponse, _abc.Awaitable[_orders_pb2.GetUserOrdersResponse]]:
-        """The caller's orders, newest first, from the read model (as GET /api/users/{user_id}/orders)."""
+        """One page of the caller's orders, newest first, from the read model (as
+        GET /api/users/{user_id}/orders).
+        """
 
     @_abc_1.abstractmethod
     def StreamOrderUpdates(

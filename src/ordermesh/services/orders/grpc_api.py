@@ -2,12 +2,15 @@
 
 Authentication, deadlines, error statuses, metrics and logging live in the interceptors
 (``ordermesh.rpc``); handlers read the caller from ``current_principal()`` and raise
-``OrdermeshError``s like any other use-case code.
+``OrdermeshError``s like any other use-case code. Input is checked here as REST's schemas check
+it (ids, idempotency keys, timestamps), so a bad value is INVALID_ARGUMENT naming its field,
+never INTERNAL, and no error quotes it back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -20,14 +23,25 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ordermesh.errors import FieldViolation, ValidationError
 from ordermesh.orders.v1 import orders_pb2 as pb
 from ordermesh.orders.v1 import orders_pb2_grpc as pb_grpc
+from ordermesh.ratelimit import WRITE_BURST, WRITE_RATE, RateLimiter
 from ordermesh.rpc.context import current_principal
 from ordermesh.services.orders.commands import create_order_outcome
+from ordermesh.services.orders.domain import MAX_ITEMS
 from ordermesh.services.orders.events import OrderLine
+from ordermesh.services.orders.listing import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
 from ordermesh.services.orders.runtime import OrderSystem
-from ordermesh.services.orders.updates import OrderFeed
+from ordermesh.services.orders.schemas import ID_PATTERN
+from ordermesh.services.orders.updates import MAX_STREAMS_PER_USER, OrderFeed
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrderService"].full_name
 _INT32_MAX = 2**31 - 1
+# REST's patterns, matched whole (``$`` would let a trailing newline through).
+_ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
+_ID_RULE = "1 to 128 letters, digits or . _ : @ -"
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+# What google.protobuf.Timestamp can hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+_TS_SECONDS = (-62_135_596_800, 253_402_300_799)
+_NANOS_MAX = 999_999_999
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -70,8 +84,8 @@ def order_pb(doc: Mapping[str, Any]) -> pb.Order:
 
 
 class _ListCache:
-    """Read-model bodies already turned into responses: a user's list changes only when an event
-    arrives, while it is read far more often. Keyed by the stored bytes, so never stale."""
+    """Page bodies already turned into responses: a page changes only when an event arrives,
+    while it is read far more often. Keyed by the body's bytes, so never stale."""
 
     def __init__(self, size: int = 1024) -> None:
         self._entries: OrderedDict[bytes, pb.GetUserOrdersResponse] = OrderedDict()
@@ -82,8 +96,10 @@ class _ListCache:
         if hit is not None:
             self._entries.move_to_end(raw)
             return hit
-        docs = orjson.loads(raw)["orders"]
-        response = pb.GetUserOrdersResponse(orders=[order_pb(d) for d in docs])
+        page = orjson.loads(raw)
+        response = pb.GetUserOrdersResponse(
+            orders=[order_pb(d) for d in page["orders"]], next_page_token=page["next"] or ""
+        )
         self._entries[raw] = response
         if len(self._entries) > self._size:
             self._entries.popitem(last=False)
@@ -91,11 +107,21 @@ class _ListCache:
 
 
 class OrderGrpcService(pb_grpc.OrderServiceServicer):
-    def __init__(self, system: OrderSystem) -> None:
+    """``writes`` limits CreateOrder per user (share it with REST's ``app.state.write_limiter``;
+    default: ``ratelimit.WRITE_RATE``/``WRITE_BURST`` on the system's clock); ``max_streams_per_user`` caps
+    each user's open StreamOrderUpdates."""
+
+    def __init__(
+        self,
+        system: OrderSystem,
+        writes: RateLimiter | None = None,
+        max_streams_per_user: int = MAX_STREAMS_PER_USER,
+    ) -> None:
         self._system = system
         self._service = system.service
         self.stopping = asyncio.Event()
-        self._feed = OrderFeed(system.service, self.stopping)
+        self.writes = writes or RateLimiter(WRITE_RATE, WRITE_BURST, system.service.clock, "orders created")
+        self._feed = OrderFeed(system.service, self.stopping, max_streams_per_user)
         self._lists = _ListCache()
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -109,13 +135,19 @@ class OrderGrpcService(pb_grpc.OrderServiceServicer):
         self, request: pb.GetUserOrdersRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetUserOrdersResponse:
         _require("user_id", request.user_id)
-        raw = await self._service.user_orders_json(request.user_id, current_principal())
+        if request.page_size < 0:
+            raise _invalid("page_size", "must not be negative (0 means the default)")
+        limit = min(request.page_size or DEFAULT_LIMIT, MAX_LIMIT)  # AIP-158: coerce to the maximum
+        token = request.page_token or None
+        if token is not None:
+            decode_cursor(token, "page_token")
+        raw = await self._service.user_orders_json(request.user_id, current_principal(), limit, token)
         return self._lists.response(raw)
 
     async def GetOrder(
         self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Order:
-        _require("order_id", request.order_id)
+        _id("order_id", request.order_id)
         user = current_principal()
         which = request.WhichOneof("at")
         if which is None:
@@ -125,14 +157,14 @@ class OrderGrpcService(pb_grpc.OrderServiceServicer):
                 raise _invalid("version", "must be 1 or more")
             doc = await self._service.get_order_at(request.order_id, user, version=request.version)
         else:
-            as_of = request.as_of.ToDatetime(tzinfo=UTC)
+            as_of = _moment("as_of", request.as_of)
             doc = await self._service.get_order_at(request.order_id, user, as_of=as_of)
         return order_pb(doc)
 
     async def GetOrderHistory(
         self, request: pb.GetOrderHistoryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetOrderHistoryResponse:
-        _require("order_id", request.order_id)
+        _id("order_id", request.order_id)
         events = await self._service.history(request.order_id, current_principal())
         return pb.GetOrderHistoryResponse(
             events=[
@@ -151,6 +183,11 @@ class OrderGrpcService(pb_grpc.OrderServiceServicer):
     async def CreateOrder(
         self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Order:
+        self.writes.acquire(current_principal())
+        if request.idempotency_key and not _KEY.fullmatch(request.idempotency_key):
+            raise _invalid("idempotency_key", "1 to 255 printable ASCII characters, no spaces")
+        if len(request.items) > MAX_ITEMS:  # before building them, and one violation, not thousands
+            raise _invalid("items", f"at most {MAX_ITEMS} items per order")
         lines = [OrderLine(i.sku, i.quantity, i.unit_price) for i in request.items]
         outcome = await create_order_outcome(
             self._system,
@@ -171,6 +208,7 @@ class OrderGrpcService(pb_grpc.OrderServiceServicer):
         target = request.WhichOneof("target")
         if target is None:
             raise _invalid("target", "give user_id or order_id")
+        _id(target, getattr(request, target))
         updates = self._feed.updates(
             current_principal(),
             user_id=request.user_id if target == "user_id" else None,
@@ -196,3 +234,20 @@ def _invalid(field: str, description: str) -> ValidationError:
 def _require(field: str, value: str) -> None:
     if not value:
         raise _invalid(field, "is required")
+
+
+def _id(field: str, value: str) -> None:
+    _require(field, value)
+    if not _ID.fullmatch(value):
+        raise _invalid(field, _ID_RULE)
+
+
+def _moment(field: str, value: Timestamp) -> datetime:
+    """A ``Timestamp`` as an aware UTC datetime, if it is one (protobuf's own range and nanos)."""
+    if not 0 <= value.nanos <= _NANOS_MAX:
+        raise _invalid(f"{field}.nanos", f"must be from 0 to {_NANOS_MAX}")
+    if not _TS_SECONDS[0] <= value.seconds <= _TS_SECONDS[1]:
+        raise _invalid(
+            f"{field}.seconds", f"must be from {_TS_SECONDS[0]} to {_TS_SECONDS[1]} (years 1 to 9999)"
+        )
+    return value.ToDatetime(tzinfo=UTC)

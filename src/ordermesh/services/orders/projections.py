@@ -1,8 +1,9 @@
-"""The order service's read models: one document per order, and each user's order list."""
+"""The order service's read models: one document per order, and each user's orders as an index."""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from ordermesh.eventstore.aggregate import EventMeta, Repository
 from ordermesh.eventstore.model import StoredEvent
@@ -59,37 +60,53 @@ class OrderDetailProjection:
         docs.put(key, evolve(await docs.get(key), event))
 
 
-def user_key(user_id: str) -> str:
-    return f"u:{user_id}"
+# A user's list is an index: one row per order under the user's prefix, keyed so that key order
+# is newest first (the inverted position of the order's first event: unique, and the same after a
+# rebuild, so cursors outlive one). Writing an order touches its own row and pointer, never the
+# rest of the list: the cost of a change does not grow with the user's history.
+_NEWEST = 2**64 - 1
+_SORT_DIGITS = 20
+
+
+def user_prefix(user_id: str) -> str:
+    """The prefix of a user's rows (the id escaped, so no id's prefix is another's)."""
+    return f"u/{quote(user_id, safe='')}/"
+
+
+def row_key(user_id: str, position: int) -> str:
+    return user_prefix(user_id) + f"{_NEWEST - position:0{_SORT_DIGITS}d}"
+
+
+def row_position(key: str) -> int:
+    """The position of the order's first event, from its row key."""
+    return _NEWEST - int(key[-_SORT_DIGITS:])
+
+
+def _pointer_key(order_id: str) -> str:
+    return f"o:{order_id}"
 
 
 class UserOrdersProjection:
-    """Per user, ``{"orders": [...]}`` newest first: the exact body of the list endpoint."""
+    """Per order, its resource in the owner's list (``user_prefix`` + newest first), and a pointer
+    from the order id to that row for the events that follow."""
 
     name = USER_ORDERS
+    version = 2  # 1 kept the whole list in one document per user
 
     async def apply(self, event: StoredEvent, docs: DocBatch) -> None:
         if not _is_order_event(event):
             return
-        order_id = event.stream_id.removeprefix(STREAM_PREFIX)
-        index_key = f"o:{order_id}"
+        pointer_key = _pointer_key(event.stream_id.removeprefix(STREAM_PREFIX))
         if event.version == 1:
             resource = evolve(None, event)
-            docs.put(index_key, {"user_id": resource["user_id"]})
-            listing = await docs.get(user_key(resource["user_id"])) or {"orders": []}
-            listing["orders"].insert(0, resource)
-            docs.put(user_key(resource["user_id"]), listing)
+            key = row_key(resource["user_id"], event.position)
+            docs.put(pointer_key, {"row": key})
+            docs.put(key, resource)
             return
-        index = await docs.get(index_key)
-        if index is None:
-            return
-        key = user_key(index["user_id"])
-        listing = await docs.get(key) or {"orders": []}
-        for i, resource in enumerate(listing["orders"]):
-            if resource["id"] == order_id:
-                listing["orders"][i] = evolve(resource, event)
-                docs.put(key, listing)
-                return
+        pointer = await docs.get(pointer_key)
+        row = await docs.get(pointer["row"]) if pointer is not None and "row" in pointer else None
+        if pointer is not None and row is not None:
+            docs.put(pointer["row"], evolve(row, event))
 
 
 def order_projections() -> list[OrderDetailProjection | UserOrdersProjection]:

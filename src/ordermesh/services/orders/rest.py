@@ -8,6 +8,7 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from pydantic import Field
 from starlette.responses import Response
 
 from ordermesh.auth import Tokens
@@ -18,8 +19,10 @@ from ordermesh.errors import (
 from ordermesh.http.bearer import SECURED, bearer_credentials, bearer_scheme
 from ordermesh.http.problems import documented
 from ordermesh.problems import PROBLEM, problem_for
+from ordermesh.ratelimit import WRITE_BURST, WRITE_RATE, RateLimiter
 from ordermesh.services.orders.commands import create_order_outcome
 from ordermesh.services.orders.events import OrderLine
+from ordermesh.services.orders.listing import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
 from ordermesh.services.orders.runtime import OrderSystem
 from ordermesh.services.orders.schemas import ID_PATTERN, CreateOrder, Order, OrderHistory, OrderList
 
@@ -40,9 +43,27 @@ async def current_user(request: Request) -> str:
     return tokens.verify(bearer_credentials(request))
 
 
+def write_limiter(request: Request) -> RateLimiter:
+    """The app's limit on writes per user (``app.state.write_limiter``, shared with gRPC by the
+    service's composition); without one, the defaults on the system's clock."""
+    limiter: RateLimiter | None = getattr(request.app.state, "write_limiter", None)
+    if limiter is None:
+        limiter = RateLimiter(WRITE_RATE, WRITE_BURST, _system(request).service.clock, "orders created")
+        request.app.state.write_limiter = limiter
+    return limiter
+
+
+async def writing_user(request: Request, user: Annotated[str, Depends(current_user)]) -> str:
+    """The caller, once the write limit lets them in: before the body's validation, so refused
+    attempts count too (429 with ``Retry-After``)."""
+    write_limiter(request).acquire(user)
+    return user
+
+
 BEARER = bearer_scheme("a token from `ordermesh token USER_ID`")
 _SECURED = SECURED
 User = Annotated[str, Depends(current_user)]
+WritingUser = Annotated[str, Depends(writing_user)]
 
 router = APIRouter(prefix="/api", tags=["orders"], responses=documented(401, 422, 503))
 
@@ -78,7 +99,7 @@ _CREATED_HEADERS = {
             "headers": _CREATED_HEADERS,
             "links": _CREATED_LINKS,
         },
-        **documented(409),
+        **documented(409, 429),
         422: {
             **documented(422)[422],
             "description": "invalid input (every offending field is listed in `violations`), "
@@ -89,7 +110,7 @@ _CREATED_HEADERS = {
 async def create_order(
     body: CreateOrder,
     request: Request,
-    user: User,
+    user: WritingUser,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -185,16 +206,43 @@ async def get_order_events(order_id: OrderId, request: Request, user: User) -> R
     return _json(orjson.dumps({"events": events}))
 
 
+class OrderPage(OrderList):
+    next: str | None = Field(
+        description="the cursor of the next page (pass it as `after`), or null on the last page",
+        pattern=CURSOR_PATTERN,
+    )
+
+
 @router.get(
     "/users/{user_id}/orders",
     openapi_extra=_SECURED,
     operation_id="listUserOrders",
     responses={
-        200: {"model": OrderList, "description": "the user's orders, newest first"},
+        200: {"model": OrderPage, "description": "one page of the user's orders, newest first"},
         **documented(403),
         # Only for a user id that is no path segment at all (say "a/b"): no such resource.
         **documented(404),
     },
 )
-async def get_user_orders(user_id: UserId, request: Request, user: User) -> Response:
-    return _json(await _system(request).service.user_orders_json(user_id, user))
+async def get_user_orders(
+    user_id: UserId,
+    request: Request,
+    user: User,
+    limit: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_LIMIT,
+            description=f"orders per page ({DEFAULT_LIMIT} unless given, at most {MAX_LIMIT})",
+        ),
+    ] = DEFAULT_LIMIT,
+    after: Annotated[
+        str | None,
+        Query(
+            pattern=CURSOR_PATTERN,
+            description="the `next` cursor of the previous page: the orders older than its last one "
+            "(orders created meanwhile do not shift the walk)",
+        ),
+    ] = None,
+) -> Response:
+    return _json(await _system(request).service.user_orders_json(user_id, user, limit, after))

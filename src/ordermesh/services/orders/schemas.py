@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ordermesh.contracts.orders import EMAIL_PATTERN
 from ordermesh.services.orders.domain import (
+    CURRENCIES,
     MAX_ITEMS,
     MAX_QUANTITY,
     MAX_UNIT_PRICE,
@@ -17,7 +18,15 @@ from ordermesh.services.orders.domain import (
 
 ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
 
-Sku = Annotated[str, Field(pattern=SKU_PATTERN, examples=["SKU-1"])]
+
+def documented(**schema: object) -> Any:
+    """A constraint the OpenAPI document shows but pydantic does not check: the domain checks it
+    (``validate_new_order``), so REST and gRPC refuse a bad value in the same human words
+    ("must be an email address like name@example.com", not a quoted regex)."""
+    return Field(json_schema_extra=schema)  # type: ignore[arg-type]
+
+
+Sku = Annotated[str, Field(examples=["SKU-1"], json_schema_extra={"pattern": SKU_PATTERN})]
 
 
 def _integral(value: object) -> object:
@@ -35,17 +44,26 @@ WholeNumber = BeforeValidator(_integral)
 class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     sku: Sku
-    quantity: Annotated[int, Field(ge=1, le=MAX_QUANTITY), WholeNumber]
+    quantity: Annotated[int, documented(minimum=1, maximum=MAX_QUANTITY), WholeNumber]
     unit_price: Annotated[
-        int, Field(ge=1, le=MAX_UNIT_PRICE, description="minor units, e.g. cents"), WholeNumber
+        int,
+        Field(
+            description="minor units, e.g. cents", json_schema_extra={"minimum": 1, "maximum": MAX_UNIT_PRICE}
+        ),
+        WholeNumber,
     ]
 
 
 class CreateOrder(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    user_email: Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254, examples=["ada@example.com"])]
-    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$", examples=["EUR"])]
-    items: Annotated[list[ItemIn], Field(min_length=1, max_length=MAX_ITEMS)]
+    user_email: Annotated[
+        str,
+        Field(examples=["ada@example.com"], json_schema_extra={"pattern": EMAIL_PATTERN, "maxLength": 254}),
+    ]
+    currency: Annotated[
+        str, Field(examples=["EUR"], json_schema_extra={"enum": sorted(CURRENCIES)}, description="ISO 4217")
+    ]
+    items: Annotated[list[ItemIn], documented(minItems=1, maxItems=MAX_ITEMS)]
 
 
 class Item(BaseModel):

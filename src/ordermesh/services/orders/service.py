@@ -17,14 +17,14 @@ from ordermesh import tracing
 from ordermesh.clock import Clock, SystemClock
 from ordermesh.errors import ConcurrencyConflict, NotFound, PermissionDenied
 from ordermesh.eventstore.aggregate import Repository
-from ordermesh.eventstore.model import NO_STREAM
+from ordermesh.eventstore.model import NO_STREAM, StoredEvent
 from ordermesh.readmodel.port import DocStore
 from ordermesh.readmodel.projection import Projector
 from ordermesh.services.orders.domain import OrderAggregate
 from ordermesh.services.orders.events import OrderLine
-from ordermesh.services.orders.projections import ORDER_DETAIL, USER_ORDERS, user_key
+from ordermesh.services.orders.listing import DEFAULT_LIMIT, user_orders_page
+from ordermesh.services.orders.projections import ORDER_DETAIL
 
-EMPTY_LIST = b'{"orders":[]}'
 # How long a command waits for the read models to show its own write before answering anyway.
 READ_YOUR_WRITES_TIMEOUT = 2.0
 
@@ -45,10 +45,20 @@ class OrderService:
         self._new_id = new_id
 
     async def create_order(
-        self, user_id: str, user_email: str, currency: str, items: Sequence[OrderLine]
+        self,
+        user_id: str,
+        user_email: str,
+        currency: str,
+        items: Sequence[OrderLine],
+        *,
+        order_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        order = OrderAggregate.create(self._new_id(), user_id, user_email, currency, items, self.clock.now())
-        result = await self.repository.save(order, tracing.event_metadata())
+        """A new order (a fresh id unless given); ``metadata`` joins the ``OrderCreated`` event's.
+        ``ConcurrencyConflict`` when an order with the given id exists."""
+        order_id = order_id or self._new_id()
+        order = OrderAggregate.create(order_id, user_id, user_email, currency, items, self.clock.now())
+        result = await self.repository.save(order, {**tracing.event_metadata(), **(metadata or {})})
         await self._await_projections(result.position)
         return order.to_snapshot()
 
@@ -72,19 +82,19 @@ class OrderService:
         version: int | None = None,
         as_of: datetime | None = None,
     ) -> dict[str, Any]:
+        # Whose it is, before anything about its past: a missing order and another user's must
+        # answer alike, and "not found at that time" would let a stranger bisect its creation.
+        if requester is not None:
+            _check_owner({"user_id": await self._owner(order_id)}, order_id, requester)
         order = await self.repository.load(order_id, version=version, as_of=as_of)
         doc = order.to_snapshot()
-        _check_owner(doc, order_id, requester)
         if version is not None and order.version < version:
             raise NotFound(f"order {order_id} has no version {version}; its latest is {order.version}")
         return doc
 
     async def history(self, order_id: str, requester: str | None) -> list[dict[str, Any]]:
         stream = await self.repository.store.read_stream(self.repository.stream_id(order_id))
-        if not stream:
-            raise NotFound(f"order {order_id} not found")
-        first = self.repository.codec.decode(stream[0])
-        _check_owner({"user_id": getattr(first, "user_id", None)}, order_id, requester)
+        _check_owner({"user_id": self._first_owner(stream)}, order_id, requester)
         out = []
         for e in stream:
             schema_version, data = self.repository.codec.upcast_data(e)
@@ -100,11 +110,24 @@ class OrderService:
             )
         return out
 
-    async def user_orders_json(self, user_id: str, requester: str | None) -> bytes:
-        """The user's order list as the exact JSON body ``{"orders": [...]}``."""
+    async def _owner(self, order_id: str) -> str | None:
+        """The user the order belongs to (from its first event), None if there is no such order."""
+        return self._first_owner(await self.repository.store.read_stream(self.repository.stream_id(order_id)))
+
+    def _first_owner(self, stream: Sequence[StoredEvent]) -> str | None:
+        if not stream:
+            return None
+        owner = getattr(self.repository.codec.decode(stream[0]), "user_id", None)
+        return owner if isinstance(owner, str) else None
+
+    async def user_orders_json(
+        self, user_id: str, requester: str | None, limit: int = DEFAULT_LIMIT, after: str | None = None
+    ) -> bytes:
+        """One page of the user's orders, newest first, as the exact JSON body
+        ``{"orders": [...], "next": CURSOR|null}``; ``after`` is the previous page's ``next``."""
         if requester is not None and user_id != requester:
             raise PermissionDenied("you may only list your own orders")
-        return await self.docs.get(USER_ORDERS, user_key(user_id)) or EMPTY_LIST
+        return await user_orders_page(self.docs, user_id, limit, after)
 
     async def change(
         self, order_id: str, command: Callable[[OrderAggregate, datetime], None]
@@ -123,7 +146,8 @@ class OrderService:
 
 
 def _check_owner(doc: dict[str, Any], order_id: str, requester: str | None) -> None:
-    # Someone else's order is "not found": its existence is not the requester's business.
-    # ``requester=None`` is the local operator (the CLI on the service's own database).
-    if requester is not None and doc.get("user_id") != requester:
+    # Someone else's order is "not found", word for word as a missing one: its existence is not
+    # the requester's business. ``requester=None`` is the local operator (the CLI on the
+    # service's own database), who still learns when there is no such order.
+    if doc.get("user_id") is None or (requester is not None and doc.get("user_id") != requester):
         raise NotFound(f"order {order_id} not found")

@@ -15,8 +15,10 @@ from ordermesh.kit import Runtime, ServiceSpec
 from ordermesh.messaging import Broker
 from ordermesh.messaging import metrics as relay_metrics
 from ordermesh.messaging.relay import OutboxRelay, ParkingLot
+from ordermesh.ratelimit import RateLimiter
 from ordermesh.saga import MemorySagaStore, SagaPolicy, SagaRunner, SagaStore, SqlSagaStore
 from ordermesh.services.orders.app import TITLE, install_order_api
+from ordermesh.services.orders.choreography import choreograph
 from ordermesh.services.orders.grpc_api import SERVICE_NAME, OrderGrpcService
 from ordermesh.services.orders.outbox import EXCHANGE, RELAY_NAME, OrderMessages
 from ordermesh.services.orders.rest import BEARER
@@ -50,7 +52,12 @@ async def build(rt: Runtime) -> None:
     await system.start()
     rt.ready_check(system.ready, "database")
     install_order_api(rt.app, rt.tokens, system)
-    orders_rpc = OrderGrpcService(system)
+    # One bucket per user for REST and gRPC writes alike (ORDERMESH_WRITE_RATE / _BURST).
+    writes = RateLimiter(rt.settings.write_rate, rt.settings.write_burst, rt.clock, "orders created")
+    rt.app.state.write_limiter = writes
+    orders_rpc = OrderGrpcService(
+        system, writes=writes, max_streams_per_user=rt.settings.max_streams_per_user
+    )
     rt.grpc(orders_rpc.register, SERVICE_NAME)
     rt.on_drain(orders_rpc.shutdown)  # open streams end with UNAVAILABLE: clients resume elsewhere
     relay = await relay_for(system, await rt.broker())
@@ -68,11 +75,11 @@ async def orchestrate(rt: Runtime, system: OrderSystem) -> None:
     """The saga manager: a saga per new order, driven against payments and inventory (gRPC) and
     shipping (REST) with the order service's own token, each call with its step's deadline."""
     settings = rt.settings
+    if settings.saga == "choreographed":  # no saga manager: the order service follows the events
+        await choreograph(rt, system, await saga_store(system), await relay_checkpoints(system))
+        return
     if settings.saga != "orchestrated":
-        raise ConfigError(
-            f"ORDERMESH_SAGA={settings.saga!r} is not available yet: use orchestrated (the default)",
-            "ORDERMESH_SAGA",
-        )
+        raise ConfigError(f"ORDERMESH_SAGA={settings.saga!r} is not a saga style", "ORDERMESH_SAGA")
     token = TokenSource(rt.tokens, "orders")
     timeout = settings.saga_step_timeout
     payments = PaymentsClient(settings.downstream("payments"), token, timeout=timeout)
