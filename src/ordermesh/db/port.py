@@ -37,6 +37,12 @@ class Tx(Protocol):
 class SqlDb(Tx, Protocol):
     dialect: Dialect
 
+    async def fetch_page(self, sql: str, *args: Any) -> list[Row]:
+        """A bounded read (one page: a few hundred rows at most, by the statement's LIMIT). It may
+        run where a point read runs (SQLite: in the event loop's thread): callers promise the
+        bound, so it cannot stall the loop the way a long read would."""
+        ...
+
     async def write_fetch(self, sql: str, *args: Any) -> list[Row]:
         """One writing statement, atomic on its own, returning its RETURNING rows."""
         ...

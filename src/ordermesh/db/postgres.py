@@ -132,6 +132,9 @@ class PostgresDb:
         except _DOWN as exc:
             raise self._down(exc) from exc
 
+    async def fetch_page(self, sql: str, *args: Any) -> list[Row]:
+        return await self.fetch(sql, *args)
+
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
         try:
             row: Row | None = await self._pool.fetchrow(sql, *args)

@@ -94,7 +94,7 @@ class SqlDocStore:
             f"AND key {op} $2 {'AND key < $4 ' if end is not None else ''}ORDER BY key LIMIT $3"
         )
         args = (model, start, limit, end) if end is not None else (model, start, limit)
-        rows = await self.db.fetch(sql, *args)
+        rows = await self.db.fetch_page(sql, *args)  # bounded by ``limit``
         return [(str(r[0]), bytes(r[1])) for r in rows]
 
     async def state(self, model: str) -> ModelState:
