@@ -203,7 +203,9 @@ def test_the_port_setting_defaults_to_8001() -> None:
 
 async def test_the_endpoint_binds_the_host_it_is_given(http: aiohttp.ClientSession, tmp_path: Path) -> None:
     # 0.0.0.0, as in a container whose probes come from outside: reachable on the loopback too.
-    settings = Settings(http_host="0.0.0.0", data_dir=tmp_path, broker_url="memory://", jwt_secret="s3cret-of-ours")
+    settings = Settings(
+        http_host="0.0.0.0", data_dir=tmp_path, broker_url="memory://", jwt_secret="s3cret-of-ours"
+    )
     async with running(SPEC, settings) as service:
         assert service.http_url.startswith("http://127.0.0.1:")
         assert await get(http, f"{service.http_url}/livez") == (200, {"status": "ok"})
