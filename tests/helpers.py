@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -213,3 +214,27 @@ class TcpProxy:
 
     async def stop(self) -> None:
         await self.cut()
+
+
+def start_service(
+    service: str, env: dict[str, str], http_port: str, log: Path, timeout: float = 30
+) -> subprocess.Popen[bytes]:
+    """``ordermesh run SERVICE`` as its own process, returned once its /readyz answers 200.
+    Its log goes to ``log``: a pipe nobody reads fills up and blocks the service's logging."""
+    import contextlib
+    import sys
+    import time
+
+    import requests
+
+    binary = Path(sys.executable).parent / "ordermesh"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([str(binary), "run", service], env=env, stdout=subprocess.DEVNULL, stderr=out)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(requests.ConnectionError):
+            if requests.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
+                return proc
+        time.sleep(0.05)  # another process's endpoint: nothing to wait on but polling
+    proc.kill()
+    pytest.fail(f"{service} did not start: {log.read_text(errors='replace')[-2000:]}")

@@ -23,7 +23,7 @@ from ordermesh.auth import Tokens
 from ordermesh.client.inventory import InventoryClient
 from ordermesh.client.payments import PaymentsClient
 from ordermesh.config import Settings
-from tests.helpers import free_port
+from tests.helpers import free_port, start_service
 
 BIN = Path(sys.executable).parent / "ordermesh"
 HTTP = {
@@ -46,26 +46,16 @@ class Fleet:
             **{f"ORDERMESH_{p}": str(free_port()) for p in PORTS},
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs = data.parent
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.env['ORDERMESH_' + HTTP[service]]}"
 
     def start(self, service: str, **extra: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [str(BIN), "run", service],
-            env={**self.env, **extra},
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-        )
+        port = self.env["ORDERMESH_" + HTTP[service]]
+        proc = start_service(service, {**self.env, **extra}, port, self.logs / f"{service}.log")
         self.procs[service] = proc
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"{self.url(service)}/readyz", timeout=1).status_code == 200:
-                    return proc
-            time.sleep(0.05)
-        proc.kill()
-        pytest.fail(f"{service} did not start: {proc.communicate()[1].decode()[-1500:]}")
+        return proc
 
     def stop_all(self) -> None:
         for proc in self.procs.values():

@@ -7,18 +7,14 @@ Each service runs as its own process (``ordermesh run NAME``), as in production.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import requests
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
@@ -31,7 +27,7 @@ from ordermesh.config import Settings
 from ordermesh.inventory.v1 import inventory_pb2
 from ordermesh.orders.v1 import orders_pb2
 from ordermesh.payments.v1 import payments_pb2
-from tests.helpers import free_port
+from tests.helpers import free_port, start_service
 
 BIN = Path(sys.executable).parent / "ordermesh"
 BUGS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
@@ -130,20 +126,6 @@ def messages(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy[Messag
     return build()
 
 
-def _started(service: str, env: dict[str, str], http_variable: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [str(BIN), "run", service], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(requests.ConnectionError):
-            if requests.get(f"http://127.0.0.1:{env[http_variable]}/readyz", timeout=1).status_code == 200:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"{service} did not start: {proc.communicate()[1].decode()[-2000:]}")
-
-
 SERVICES = {
     # name: (service descriptor, gRPC port variable, HTTP port variable, token subject)
     "orders": (orders_pb2.DESCRIPTOR.services_by_name["OrderService"], "GRPC_PORT", "HTTP_PORT", "alice"),
@@ -166,13 +148,14 @@ SERVICES = {
 def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     name = request.param
     service, grpc_var, http_var, subject = SERVICES[name]
+    data = tmp_path_factory.mktemp(name)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ORDERMESH_")},
-        "ORDERMESH_DATA_DIR": str(tmp_path_factory.mktemp(name)),
+        "ORDERMESH_DATA_DIR": str(data / "data"),
         f"ORDERMESH_{grpc_var}": str(free_port()),
         f"ORDERMESH_{http_var}": str(free_port()),
     }
-    proc = _started(name, env, f"ORDERMESH_{http_var}")
+    proc = start_service(name, env, env[f"ORDERMESH_{http_var}"], data / f"{name}.log")
     channel = grpc.insecure_channel(f"127.0.0.1:{env[f'ORDERMESH_{grpc_var}']}")
     token = Tokens(Settings()).issue(subject)
     try:
