@@ -80,7 +80,7 @@ def test_bad_input_is_refused_with_one_line(runner: CliRunner) -> None:
     negative = runner.invoke(app, ["set", "A", "-1"])
     assert negative.exit_code == 2 and show(runner) == []
     bad = runner.invoke(app, ["set", "no spaces", "1"])
-    assert bad.exit_code == 1 and "error:" in bad.output and "sku" in bad.output
+    assert bad.exit_code == 2 and "error:" in bad.output and "sku" in bad.output  # bad input: a usage error
     assert "Traceback" not in bad.output
 
 

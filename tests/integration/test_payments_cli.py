@@ -48,4 +48,4 @@ def test_show_prints_charged_refunded_and_status(sql_url: str) -> None:
     missing = runner.invoke(app, ["show", "nope"], env=env)
     assert missing.exit_code == 1 and "has no payment" in missing.output
     invalid = runner.invoke(app, ["show", " o-1"], env=env)
-    assert invalid.exit_code == 1 and "order_id" in invalid.output
+    assert invalid.exit_code == 2 and "order_id" in invalid.output  # bad input: a usage error

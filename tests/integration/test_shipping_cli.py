@@ -55,4 +55,4 @@ def test_an_order_without_shipment_is_one_line_and_exit_1(runner: CliRunner) -> 
     assert result.exit_code == 1
     assert result.stdout == "" and "order o-404 has no shipment" in result.stderr
     bad = runner.invoke(app, ["show", "has space"])
-    assert bad.exit_code == 1 and "invalid order id" in bad.stderr
+    assert bad.exit_code == 2 and "invalid order id" in bad.stderr  # bad input: a usage error
