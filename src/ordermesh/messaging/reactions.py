@@ -13,13 +13,15 @@ succeed on a retry: it becomes a ``PermanentError``, dead-lettered at once with 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ordermesh.errors import DomainError, NotFound
 from ordermesh.failpoints import failpoint
+from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox
-from ordermesh.messaging.port import Delivery, Handler, PermanentError
+from ordermesh.messaging.metrics import ConsumerMetrics
+from ordermesh.messaging.port import Broker, Delivery, Handler, PermanentError, RetryPolicy, Subscription
 
 Refusals = tuple[type[BaseException], ...]
 
@@ -52,4 +54,27 @@ def react_once(
     return handle
 
 
-__all__ = ["react_once"]
+async def subscribe_all(
+    broker: Broker,
+    queues: Mapping[str, tuple[str, str, Handler]],
+    *,
+    retry: RetryPolicy,
+    metrics: ConsumerMetrics | None = None,
+) -> list[Subscription]:
+    """Subscribe every ``queue: (exchange, binding key, handler)``, each delivery in a child span
+    of its message's trace and, with ``metrics``, counted and timed; all or none (a failure
+    half-way stops what was subscribed)."""
+    subscriptions: list[Subscription] = []
+    try:
+        for queue, (exchange, key, react) in queues.items():
+            handler = traced(react)
+            measured = handler if metrics is None else metrics.consumed(queue, handler)
+            subscriptions.append(await broker.subscribe(queue, exchange, [key], measured, retry=retry))
+    except BaseException:
+        for sub in subscriptions:
+            await sub.stop()
+        raise
+    return subscriptions
+
+
+__all__ = ["react_once", "subscribe_all"]

@@ -31,11 +31,10 @@ from ordermesh.contracts import orders as order_contract
 from ordermesh.contracts import payments as payment_contract
 from ordermesh.db import SqlDb, Tx, migrate
 from ordermesh.messaging import Broker
-from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox
 from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import Delivery, Handler, PermanentError, RetryPolicy, Subscription
-from ordermesh.messaging.reactions import react_once
+from ordermesh.messaging.reactions import react_once, subscribe_all
 from ordermesh.services.inventory.domain import MAX_REASON, Line
 from ordermesh.services.inventory.store import InventoryStore
 
@@ -137,17 +136,7 @@ async def start_inventory_consumers(
             reactions.once(reactions.on_order_shipped),
         ),
     }
-    subscriptions: list[Subscription] = []
-    try:
-        for queue, (exchange, key, react) in queues.items():
-            handler = traced(react)
-            measured = handler if metrics is None else metrics.consumed(queue, handler)
-            subscriptions.append(await broker.subscribe(queue, exchange, [key], measured, retry=RETRY))
-    except BaseException:
-        for sub in subscriptions:
-            await sub.stop()
-        raise
-    return subscriptions
+    return await subscribe_all(broker, queues, retry=RETRY, metrics=metrics)
 
 
 __all__ = ["INBOX_CONSUMER", "REACTED", "RETRY", "InventoryReactions", "NotYet", "start_inventory_consumers"]

@@ -53,11 +53,10 @@ from ordermesh.errors import ConcurrencyConflict, DomainError, NotFound
 from ordermesh.eventstore.subscription import CheckpointStore
 from ordermesh.kit import Runtime
 from ordermesh.messaging import Broker
-from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox, MemoryInbox, SqlInbox
 from ordermesh.messaging.metrics import ConsumerMetrics
-from ordermesh.messaging.port import Delivery, Handler, RetryPolicy, Subscription
-from ordermesh.messaging.reactions import react_once
+from ordermesh.messaging.port import Delivery, RetryPolicy, Subscription
+from ordermesh.messaging.reactions import react_once, subscribe_all
 from ordermesh.saga import SagaRecord, SagaStore, StepRecord
 from ordermesh.services.orders.domain import TERMINAL, OrderAggregate
 from ordermesh.services.orders.runtime import OrderSystem
@@ -430,17 +429,8 @@ class Choreography:
 async def start_order_consumers(
     broker: Broker, choreography: Choreography, metrics: ConsumerMetrics | None = None
 ) -> list[Subscription]:
-    handler: Handler = traced(choreography.handle)
-    subscriptions: list[Subscription] = []
-    try:
-        for queue, (exchange, key) in QUEUES.items():
-            measured = handler if metrics is None else metrics.consumed(queue, handler)
-            subscriptions.append(await broker.subscribe(queue, exchange, [key], measured, retry=RETRY))
-    except BaseException:
-        for sub in subscriptions:
-            await sub.stop()
-        raise
-    return subscriptions
+    queues = {queue: (exchange, key, choreography.handle) for queue, (exchange, key) in QUEUES.items()}
+    return await subscribe_all(broker, queues, retry=RETRY, metrics=metrics)
 
 
 async def choreograph(

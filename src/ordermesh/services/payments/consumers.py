@@ -20,11 +20,10 @@ from typing import Any
 
 from ordermesh.contracts import orders as order_contract
 from ordermesh.messaging import Broker
-from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox
 from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import Delivery, Handler, PermanentError, RetryPolicy, Subscription
-from ordermesh.messaging.reactions import react_once
+from ordermesh.messaging.reactions import react_once, subscribe_all
 from ordermesh.services.payments.domain import MAX_REASON
 from ordermesh.services.payments.service import PaymentService
 
@@ -70,22 +69,18 @@ async def start_payment_consumers(
     """Subscribe ``payments.order_created`` and ``payments.order_cancelled``; returns at once."""
     reactions = PaymentReactions(service)
     queues = {
-        "payments.order_created": ("order.created", reactions.on_order_created),
-        "payments.order_cancelled": ("order.cancelled", reactions.on_order_cancelled),
+        "payments.order_created": (
+            order_contract.EXCHANGE,
+            "order.created",
+            once(inbox, reactions.on_order_created),
+        ),
+        "payments.order_cancelled": (
+            order_contract.EXCHANGE,
+            "order.cancelled",
+            once(inbox, reactions.on_order_cancelled),
+        ),
     }
-    subscriptions: list[Subscription] = []
-    try:
-        for queue, (key, react) in queues.items():
-            handler = traced(once(inbox, react))
-            measured = handler if metrics is None else metrics.consumed(queue, handler)
-            subscriptions.append(
-                await broker.subscribe(queue, order_contract.EXCHANGE, [key], measured, retry=RETRY)
-            )
-    except BaseException:
-        for sub in subscriptions:
-            await sub.stop()
-        raise
-    return subscriptions
+    return await subscribe_all(broker, queues, retry=RETRY, metrics=metrics)
 
 
 __all__ = ["INBOX_CONSUMER", "REACTED", "RETRY", "PaymentReactions", "once", "start_payment_consumers"]

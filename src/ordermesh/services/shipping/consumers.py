@@ -23,11 +23,10 @@ from ordermesh.contracts import inventory as stock_contract
 from ordermesh.contracts import orders as order_contract
 from ordermesh.errors import DomainError
 from ordermesh.messaging import Broker
-from ordermesh.messaging.context import traced
 from ordermesh.messaging.inbox import Inbox
 from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import Delivery, Handler, PermanentError, RetryPolicy, Subscription
-from ordermesh.messaging.reactions import react_once
+from ordermesh.messaging.reactions import react_once, subscribe_all
 from ordermesh.services.shipping.domain import Item
 from ordermesh.services.shipping.service import ShippingService
 
@@ -81,17 +80,7 @@ async def start_shipping_consumers(
             reactions.once(reactions.on_order_cancelled),
         ),
     }
-    subscriptions: list[Subscription] = []
-    try:
-        for queue, (exchange, key, react) in queues.items():
-            handler = traced(react)
-            measured = handler if metrics is None else metrics.consumed(queue, handler)
-            subscriptions.append(await broker.subscribe(queue, exchange, [key], measured, retry=RETRY))
-    except BaseException:
-        for sub in subscriptions:
-            await sub.stop()
-        raise
-    return subscriptions
+    return await subscribe_all(broker, queues, retry=RETRY, metrics=metrics)
 
 
 __all__ = ["INBOX_CONSUMER", "REACTED", "RETRY", "ShippingReactions", "start_shipping_consumers"]
