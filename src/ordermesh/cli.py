@@ -173,15 +173,31 @@ def order_show(order_id: str, as_json: JsonFlag = False) -> None:
 
 @order_app.command("list")
 def order_list(
-    user: Annotated[str, typer.Option("--user", help="the user id")], as_json: JsonFlag = False
+    user: Annotated[str, typer.Option("--user", help="the user id")],
+    limit: Annotated[int, typer.Option(min=1, max=200, help="orders per page")] = 50,
+    after: Annotated[str | None, typer.Option(help="the page after this cursor (a page's `next`)")] = None,
+    every: Annotated[bool, typer.Option("--all", help="every page, not just one")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List a user's orders, newest first."""
-    raw = _run(lambda s: s.service.user_orders_json(user, None))
-    orders = orjson.loads(raw)["orders"]
+    """List a user's orders, newest first, a page at a time."""
+
+    async def pages(system: OrderSystem) -> tuple[list[dict[str, Any]], str | None]:
+        orders: list[dict[str, Any]] = []
+        cursor = after
+        while True:
+            page = orjson.loads(await system.service.user_orders_json(user, None, limit, cursor))
+            orders += page["orders"]
+            cursor = page["next"]
+            if not every or cursor is None:
+                return orders, cursor
+
+    orders, cursor = _run(pages)
     if as_json:
         print_json(orders)
         return
     console.print(_order_table(orders, f"orders of {user} ({len(orders)})"))
+    if cursor is not None:
+        console.print(f"more: ordermesh order list --user {user} --after {cursor}  (or --all)")
 
 
 @order_app.command("watch")

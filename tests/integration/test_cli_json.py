@@ -59,3 +59,21 @@ def test_info_and_dead_letters_speak_json(data_dir: Path) -> None:
     assert "nothing to replay" in run("dlq", "replay", "--all")  # an empty DLQ is no error
     missing = runner.invoke(app, ["dlq", "replay", "no-such-id"])
     assert missing.exit_code == 1 and "no dead letter no-such-id" in missing.output
+
+
+def test_order_list_pages() -> None:
+    made = [
+        run(
+            "order", "create", "--user", "bo", "--email", "bo@example.com", "--item", f"SKU-{n}:1:5", "--json"
+        )
+        for n in range(1, 4)
+    ]
+    newest_first = [o["id"] for o in reversed(made)]
+    assert [o["id"] for o in run("order", "list", "--user", "bo", "--limit", "2", "--json")] == newest_first[
+        :2
+    ]
+    assert [
+        o["id"] for o in run("order", "list", "--user", "bo", "--limit", "2", "--all", "--json")
+    ] == newest_first
+    table = run("order", "list", "--user", "bo", "--limit", "2")
+    assert "more: ordermesh order list --user bo --after " in table
