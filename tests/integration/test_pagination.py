@@ -62,7 +62,8 @@ class Served:
 
 @pytest.fixture
 async def served(sql_url: str, tmp_path: Path) -> AsyncIterator[Served]:
-    settings = Settings(data_dir=tmp_path, broker_url="memory://", orders_database_url=sql_url)
+    # Many orders in a moment from one user: no write limit here (test_limits_grpc.py tests it).
+    settings = Settings(data_dir=tmp_path, broker_url="memory://", orders_database_url=sql_url, write_rate=0)
     async with running(ORDERS, settings) as rt, aiohttp.ClientSession() as http:
         yield Served(rt, http)
 
