@@ -210,13 +210,25 @@ class SqliteDb:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         async with self._lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            # A statement handed to aiosqlite's thread runs even when its awaiting task is
+            # cancelled (a client's deadline, a shutdown): a BEGIN, or a body's statement, may be
+            # running as we leave. Whatever happens, roll back on the thread behind them, shielded,
+            # before the lock goes to the next transaction: else it meets "cannot start a
+            # transaction within a transaction".
             try:
+                await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await asyncio.shield(self._rollback())
                 raise
             await self._writer.execute("COMMIT")
+
+    async def _rollback(self) -> None:
+        try:
+            await self._writer.execute("ROLLBACK")
+        except sqlite3.OperationalError as exc:
+            if "no transaction is active" not in str(exc):  # the BEGIN never ran: nothing to undo
+                raise
 
     async def ping(self) -> None:
         try:
