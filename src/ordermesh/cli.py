@@ -40,9 +40,6 @@ app.add_typer(projections_app, name="projections")
 T = TypeVar("T")
 
 
-_run_async = run  # every command's errors: one line, exit 1 (a malformed setting: 2)
-
-
 def _run(work: Callable[[OrderSystem], Awaitable[T]]) -> T:
     """Build the order system on the configured database, run ``work``, close, map errors."""
 
@@ -54,7 +51,7 @@ def _run(work: Callable[[OrderSystem], Awaitable[T]]) -> T:
         finally:
             await system.close()
 
-    return _run_async(main())
+    return run(main())
 
 
 @app.command()
@@ -338,7 +335,7 @@ def _with_broker(work: Callable[[Broker], Awaitable[T]]) -> T:
         finally:
             await broker.close()
 
-    return _run_async(main())
+    return run(main())
 
 
 async def _letters(broker: Broker, queue: str | None) -> list[DeadLetter]:
@@ -665,7 +662,7 @@ def demo(
     live, then summarize each outcome; exit 1 unless every order ended with a reason."""
     from ordermesh.demo import run_demo
 
-    raise typer.Exit(_run_async(run_demo(_settings(), orders, url, timeout, console)))
+    raise typer.Exit(run(run_demo(_settings(), orders, url, timeout, console)))
 
 
 @app.command()

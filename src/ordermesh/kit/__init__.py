@@ -14,6 +14,6 @@ A service is a folder with its domain, its contract and a ``spec.py``::
 (``ordermesh run NAME``); ``kit.supervisor`` runs them all (``ordermesh up``).
 """
 
-from ordermesh.kit.runtime import Runtime, ServiceSpec, serve, started
+from ordermesh.kit.runtime import Runtime, ServiceSpec, started
 
-__all__ = ["Runtime", "ServiceSpec", "serve", "started"]
+__all__ = ["Runtime", "ServiceSpec", "started"]

@@ -1,6 +1,6 @@
 """The one composition root every service is built from.
 
-``serve(spec, settings, stop)`` does, in this order, for any service:
+``started(spec, settings)`` does, in this order, for any service:
 
 1. bind its HTTP port and check its gRPC port, if it has one (a taken port fails here, before
    anything is opened: ``ConfigError`` naming the variable);
@@ -63,7 +63,7 @@ class ServiceSpec:
 
 @dataclass
 class Runtime:
-    """What ``build`` wires a service with. Owned by ``serve``; see the module doc."""
+    """What ``build`` wires a service with. Owned by ``started``; see the module doc."""
 
     spec: ServiceSpec
     settings: Settings
@@ -236,10 +236,4 @@ def _runtime(
     return rt
 
 
-async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> None:
-    """Run the service until ``stop`` is set."""
-    async with started(spec, settings):
-        await stop.wait()
-
-
-__all__ = ["Runtime", "ServiceSpec", "serve", "started"]
+__all__ = ["Runtime", "ServiceSpec", "started"]
