@@ -10,6 +10,7 @@ test fails when the README drifts from it).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -24,6 +25,17 @@ from ordermesh.errors import ConfigError
 
 DEV_JWT_SECRET = "ordermesh-development-secret-change-me"
 ENV_PREFIX = "ORDERMESH_"
+# The settings a downstream's policy may override (``Settings.policy``).
+POLICY_FIELDS = (
+    "call_timeout",
+    "retry_attempts",
+    "retry_budget",
+    "breaker_failures",
+    "breaker_failure_rate",
+    "breaker_window",
+    "breaker_open_seconds",
+    "bulkhead_limit",
+)
 
 Port = Annotated[int, Field(ge=0, le=65535)]  # 0: any free port (the log line says which)
 ServiceName = Literal["orders", "payments", "inventory", "shipping", "notifications"]
@@ -147,6 +159,50 @@ class Settings(BaseSettings):
     max_streams_per_user: int = Field(
         16, ge=1, description="live `StreamOrderUpdates` streams a user may hold open at once per process"
     )
+    call_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="seconds a call to another service may take, retries included, unless the caller "
+        "has less time left (a saga step's own timeout, a request's deadline)",
+    )
+    retry_attempts: int = Field(
+        3, ge=1, description="attempts an idempotent call between services makes at most (1: no retry)"
+    )
+    retry_budget: float = Field(
+        0.2,
+        ge=0,
+        description="retries a downstream may get, as a share of its calls (plus 10 a second), so "
+        "retries cannot multiply the load on a service that is down",
+    )
+    breaker_failures: int = Field(
+        5, ge=1, description="consecutive infrastructure failures that open a downstream's circuit breaker"
+    )
+    breaker_failure_rate: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="share of failed calls among the last `ORDERMESH_BREAKER_WINDOW` that opens it too",
+    )
+    breaker_window: int = Field(20, ge=2, description="calls the failure rate is measured over")
+    breaker_open_seconds: float = Field(
+        5.0, gt=0, description="seconds an open breaker fails calls at once before it lets one probe through"
+    )
+    bulkhead_limit: int = Field(
+        64, ge=1, description="calls to one downstream in flight at once; one more is refused at once (503)"
+    )
+    breakers: bool = Field(
+        True, description="circuit breakers and bulkheads on the calls between services (off: bare calls)"
+    )
+    policies: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="per-downstream overrides of the settings above, as JSON: "
+        '`{"payments": {"breaker_open_seconds": 2, "call_timeout": 1}}`',
+    )
+    faults: Literal["auto", "enabled", "disabled"] = Field(
+        "auto",
+        description="fault injection (`ordermesh faults`): `auto` allows it in the embedded mode only "
+        "(no PostgreSQL, no RabbitMQ, the development secret); `enabled` allows it anywhere",
+    )
 
     @field_validator(
         "database_url",
@@ -175,6 +231,42 @@ class Settings(BaseSettings):
         if value and not value.startswith(("smtp://", "smtps://")):
             raise ValueError("expected smtp://host:port")
         return value
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _policies_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"expected JSON ({exc.msg} at column {exc.colno})") from None
+        return value
+
+    @field_validator("policies")
+    @classmethod
+    def _policies(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        unknown = sorted({key for policy in value.values() for key in policy} - set(POLICY_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown policy setting {unknown[0]!r}: expected one of {', '.join(POLICY_FIELDS)}")
+        return value
+
+    def policy(self, downstream: str) -> dict[str, float]:
+        """The resilience settings for calls to ``downstream``: the global ones, overridden by
+        ``ORDERMESH_POLICIES[downstream]``."""
+        merged: dict[str, float] = {name: float(getattr(self, name)) for name in POLICY_FIELDS}
+        merged.update(self.policies.get(downstream, {}))
+        return merged
+
+    @property
+    def faults_allowed(self) -> bool:
+        """Fault injection is on in the embedded mode (``make up``) or when explicitly enabled."""
+        if self.faults != "auto":
+            return self.faults == "enabled"
+        external = self.broker_url.startswith("amqp") or any(
+            getattr(self, f"{name}database_url").startswith("postgres")
+            for name in ("", "orders_", "payments_", "inventory_", "shipping_", "notifications_")
+        )
+        return self.uses_dev_secret and not external
 
     def service_database_url(self, service: str) -> str:
         """The service's own database: its ``ORDERMESH_<SERVICE>_DATABASE_URL``; else, with

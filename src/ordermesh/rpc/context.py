@@ -3,11 +3,11 @@ the services: handlers see a user id and a deadline, nothing else)."""
 
 from __future__ import annotations
 
-import time
 from contextvars import ContextVar, Token
 
+from ordermesh.resilience import deadline
+
 _principal: ContextVar[str | None] = ContextVar("ordermesh_principal", default=None)
-_deadline: ContextVar[float | None] = ContextVar("ordermesh_deadline", default=None)
 
 
 def current_principal() -> str:
@@ -21,8 +21,7 @@ def current_principal() -> str:
 def remaining_seconds() -> float | None:
     """Seconds left before the call's deadline (monotonic clock), None when it has none; pass it
     on to anything the handler calls."""
-    deadline = _deadline.get()
-    return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    return deadline.remaining()
 
 
 # Setters for the interceptors (``ordermesh.rpc.interceptors``). Every call runs in a fresh
@@ -39,6 +38,7 @@ def principal_or_none() -> str | None:
     return _principal.get()
 
 
-def set_deadline(deadline: float | None) -> Token[float | None]:
-    """The current call's deadline on the ``time.monotonic()`` clock; None for none."""
-    return _deadline.set(deadline)
+def set_deadline(instant: float | None) -> Token[float | None]:
+    """The current call's deadline on the ``time.monotonic()`` clock; None for none. The one
+    ``resilience.deadline`` holds: the clients this call makes pass the rest of it on."""
+    return deadline.set_deadline(instant)
