@@ -247,7 +247,9 @@ class Settings(BaseSettings):
     def _policies(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         unknown = sorted({key for policy in value.values() for key in policy} - set(POLICY_FIELDS))
         if unknown:
-            raise ValueError(f"unknown policy setting {unknown[0]!r}: expected one of {', '.join(POLICY_FIELDS)}")
+            raise ValueError(
+                f"unknown policy setting {unknown[0]!r}: expected one of {', '.join(POLICY_FIELDS)}"
+            )
         return value
 
     def policy(self, downstream: str) -> dict[str, float]:

@@ -28,6 +28,7 @@ from ordermesh.inventory.v1 import inventory_pb2 as pb
 from ordermesh.inventory.v1 import inventory_pb2_grpc as pb_grpc
 from ordermesh.kit import Runtime, started
 from ordermesh.kit.testing import running
+from ordermesh.resilience import CircuitOpen, Guard, Policy, RetryPolicy
 from ordermesh.services.inventory.grpc_api import SERVICE_NAME
 from ordermesh.services.inventory.spec import SPEC
 from tests.helpers import Collector, free_port
@@ -193,7 +194,10 @@ async def test_the_client_retries_until_the_service_is_up_within_its_deadline(sq
     port = free_port()
     config = settings(sql_url, inventory_grpc_port=port, inventory_http_port=0)
     token = Tokens(config).issue_service("orders")
-    async with InventoryClient(f"127.0.0.1:{port}", token, timeout=8) as client:
+    # Patient enough for a service that is starting: its breaker opens only after 50 failures
+    # (with the default 5, the retries would open it and the call would fail fast; see below).
+    patient = Guard("inventory", Policy(timeout=8, retry=RetryPolicy(attempts=1000), breaker_failures=50))
+    async with InventoryClient(f"127.0.0.1:{port}", token, timeout=8, guard=patient) as client:
         call = asyncio.create_task(client.reserve("o-1", [("SKU-1", 1)]))
         await asyncio.sleep(0.5)  # nothing listens yet: the first attempts are UNAVAILABLE
         assert not call.done()
@@ -201,4 +205,10 @@ async def test_the_client_retries_until_the_service_is_up_within_its_deadline(sq
             assert (await call).reserved
     async with InventoryClient(f"127.0.0.1:{port}", token, timeout=0.5) as client:
         with pytest.raises(InfrastructureError):  # still down when the deadline comes
+            await client.stock()
+    async with InventoryClient(f"127.0.0.1:{port}", token, timeout=5) as client:
+        with pytest.raises(InfrastructureError):  # five failures in a row open the breaker...
+            await client.stock()
+        assert client.guard.breaker.current_state() == "open"
+        with pytest.raises(CircuitOpen):  # ...and the next call fails at once, unsent
             await client.stock()

@@ -5,6 +5,8 @@ and the bulkhead."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import deque
 from typing import Literal
 
 import pytest
@@ -16,13 +18,14 @@ from ordermesh.clock import FakeClock
 from ordermesh.errors import DomainError, InfrastructureError
 from ordermesh.resilience import Bulkhead, BulkheadFull, CircuitBreaker, CircuitOpen
 
-THRESHOLD, OPEN_FOR = 3, 10.0
+THRESHOLD, OPEN_FOR, RATE, WINDOW = 3, 10.0, 0.5, 4
 Outcome = Literal["ok", "outage", "answer"]
 
 
 class BreakerMachine(RuleBasedStateMachine):
-    """The model: consecutive outages open it; after OPEN_FOR it lets one probe; a probe's outage
-    opens it again, anything else closes it; open, nothing reaches the downstream."""
+    """The model: consecutive outages open it, and so does a failure rate of RATE or more over the
+    last WINDOW calls; after OPEN_FOR it lets one probe; a probe's outage opens it again, anything
+    else closes it; open, nothing reaches the downstream."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,7 +37,10 @@ class BreakerMachine(RuleBasedStateMachine):
             OPEN_FOR,
             self.clock,
             listener=lambda _name, old, new: self.changes.append((old, new)),
+            failure_rate=RATE,
+            window=WINDOW,
         )
+        self.recent: deque[bool] = deque(maxlen=WINDOW)
         self.model_state = "closed"
         self.streak = 0
         self.opened_at = 0.0
@@ -68,11 +74,17 @@ class BreakerMachine(RuleBasedStateMachine):
         else:
             with pytest.raises(expected):
                 asyncio.run(self.breaker.call(lambda: self._downstream(outcome)))
+        if state == "half_open":
+            self.recent.clear()
+        else:
+            self.recent.append(outcome == "outage")
         if outcome == "outage":
             self.streak += 1
-            if state == "half_open" or self.streak >= THRESHOLD:
+            rate = len(self.recent) == WINDOW and sum(self.recent) >= RATE * WINDOW
+            if state == "half_open" or self.streak >= THRESHOLD or rate:
                 self.model_state, self.streak = "open", 0
                 self.opened_at = self.clock.now().timestamp()
+                self.recent.clear()
         else:
             self.model_state, self.streak = "closed", 0
 
@@ -102,6 +114,7 @@ class BreakerMachine(RuleBasedStateMachine):
             self.breaker.before_call()  # while it is out
         self.breaker.on_success()
         self.model_state, self.streak = "closed", 0
+        self.recent.clear()
 
     @invariant()
     def agrees_with_the_model(self) -> None:
@@ -153,3 +166,62 @@ async def test_a_full_bulkhead_refuses_at_once_instead_of_queueing() -> None:
     release.set()
     assert await asyncio.gather(first, second) == ["done", "done"]
     assert bulkhead.in_flight == 0 and await bulkhead.call(slow) == "done"
+
+
+def test_a_failure_rate_over_the_window_opens_it_without_a_streak() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        "payments", failure_threshold=5, open_for=5.0, clock=clock, failure_rate=0.5, window=6
+    )
+
+    async def ok() -> None:
+        return None
+
+    async def fail() -> None:
+        raise InfrastructureError("down")
+
+    for fn in (fail, ok, fail, ok, fail):  # 3 of 5: the window is not full yet
+        with contextlib.suppress(InfrastructureError):
+            asyncio.run(breaker.call(fn))
+    assert breaker.current_state() == "closed"
+    asyncio.run(breaker.call(ok))  # 3 of 6 is the rate, but the last call succeeded: judged on failure
+    assert breaker.current_state() == "closed"
+    with pytest.raises(InfrastructureError):
+        asyncio.run(breaker.call(fail))  # 3 failures in the last 6 (the first has left the window)
+    assert breaker.current_state() == "open" and breaker.failures == 0
+    with pytest.raises(CircuitOpen) as refused:
+        breaker.before_call()
+    assert refused.value.retry_after == pytest.approx(5.0) and refused.value.downstream == "payments"
+
+
+async def test_calls_in_flight_when_it_opens_neither_close_it_nor_extend_it() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("payments", failure_threshold=2, open_for=5.0, clock=clock)
+    late_ok, late_fail = asyncio.Event(), asyncio.Event()
+
+    async def wait_then(event: asyncio.Event, fail: bool) -> None:
+        await event.wait()
+        if fail:
+            raise InfrastructureError("down")
+
+    slow = [
+        asyncio.create_task(breaker.call(lambda: wait_then(late_ok, False))),
+        asyncio.create_task(breaker.call(lambda: wait_then(late_fail, True))),
+    ]
+    await asyncio.sleep(0)  # both let through while closed
+
+    async def fail() -> None:
+        raise InfrastructureError("down")
+
+    for _ in range(2):
+        with pytest.raises(InfrastructureError):
+            await breaker.call(fail)
+    assert breaker.current_state() == "open"
+    clock.advance(3)
+    late_ok.set()
+    late_fail.set()
+    results = await asyncio.gather(*slow, return_exceptions=True)
+    assert results[0] is None and isinstance(results[1], InfrastructureError)
+    assert breaker.current_state() == "open"  # the late success did not close it
+    clock.advance(2)  # and the late failure did not restart the interval
+    assert breaker.current_state() == "half_open"

@@ -3,7 +3,8 @@
 ``OrdersGrpcClient`` (grpc.aio) and ``SyncOrdersGrpcClient`` (grpc's blocking API) share request
 building and conversion; answers are dicts shaped like the REST resources. Every call has a
 deadline (5 s unless told otherwise); reads and ``create_order`` (always sent with an
-idempotency key) are retried on UNAVAILABLE within that deadline. ``watch`` follows
+idempotency key) are retried on UNAVAILABLE within that deadline. The async client calls through a
+circuit breaker and a bulkhead too (``client.rpc``; pass ``guard`` to share or tune them). ``watch`` follows
 ``StreamOrderUpdates`` and, when the server goes away, reconnects and resumes after the last
 position it delivered: no gap, no duplicate.
 """
@@ -25,6 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from ordermesh.client.rpc import GrpcClient
 from ordermesh.orders.v1 import orders_pb2 as pb
 from ordermesh.orders.v1 import orders_pb2_grpc as pb_grpc
+from ordermesh.resilience import Guard
 from ordermesh.rpc.status import error_from_rpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -124,10 +126,18 @@ class _Base:
 class OrdersGrpcClient(GrpcClient):
     """Async client. The seed's ``OrderServiceStub`` is there too, as ``.stub``."""
 
+    downstream = "orders"
+
     def __init__(
-        self, target: str = DEFAULT_TARGET, token: str | None = None, timeout: float = 5.0, retries: int = 2
+        self,
+        target: str = DEFAULT_TARGET,
+        token: str | None = None,
+        timeout: float = 5.0,
+        retries: int = 2,
+        *,
+        guard: Guard | None = None,
     ) -> None:
-        super().__init__(target, token, timeout, retries)
+        super().__init__(target, token, timeout, retries, guard)
         self.stub = pb_grpc.OrderServiceStub(self.channel)
 
     async def get_user_orders(

@@ -2,7 +2,8 @@
 ``AsyncOrdermeshClient`` (aiohttp).
 
 Both speak the same way: every call has a timeout (5 s unless told otherwise), idempotent calls
-are retried on connection failures and 502/503/504 with jittered backoff, ``create_order`` sends
+are retried on connection failures and 502/503/504 with jittered backoff (the async client through
+a ``resilience.Guard``, with a circuit breaker and a bulkhead too), ``create_order`` sends
 an Idempotency-Key (generated when not given) so its retries cannot create a second order, and
 problem documents come back as the ``ordermesh.errors`` classes the server raised.
 (aiohttp rather than httpx: httpx stalls under concurrency on these machines; see bench/.)
@@ -10,7 +11,6 @@ problem documents come back as the ``ordermesh.errors`` classes the server raise
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import time
@@ -27,6 +27,8 @@ import urllib3
 
 from ordermesh import errors
 from ordermesh.problems import error_from_problem
+from ordermesh.resilience import Guard, Policy, RetryPolicy, deadline
+from ordermesh.resilience.deadline import DEADLINE_HEADER
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRYABLE_STATUS = frozenset({502, 503, 504})
@@ -189,10 +191,23 @@ class OrdermeshClient(_Base):
 
 
 class AsyncOrdermeshClient(_Base):
+    """Calls go through a ``resilience.Guard``: the deadline (sent on as
+    ``X-Ordermesh-Deadline-Ms``), retries of idempotent calls within it, a circuit breaker and a
+    bulkhead (pass ``guard`` to share or tune them)."""
+
     def __init__(
-        self, base_url: str | None = None, token: str | None = None, timeout: float = 5.0, retries: int = 2
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        timeout: float = 5.0,
+        retries: int = 2,
+        *,
+        guard: Guard | None = None,
     ) -> None:
         super().__init__(base_url, token, timeout, retries)
+        self.guard = guard or Guard(
+            "orders", Policy(timeout=timeout, retry=RetryPolicy(attempts=retries + 1))
+        )
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -201,28 +216,26 @@ class AsyncOrdermeshClient(_Base):
         return self._session
 
     async def _send(self, req: _Request, timeout: float | None) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout or self.timeout)
-        for attempt in range(self.retries + 1):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
+        async def attempt(left: float) -> Any:
+            headers = {**self._auth, **(req.headers or {}), DEADLINE_HEADER: deadline.to_header(left)}
             try:
                 async with self._http().request(
                     req.method,
                     self.base_url + req.path,
                     data=req.body,
-                    headers={**self._auth, **(req.headers or {})},
-                    timeout=aiohttp.ClientTimeout(total=remaining),
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=left),
                 ) as r:
-                    body = await r.read()
-                    if r.status not in RETRYABLE_STATUS or attempt == self.retries:
-                        return _decode(req, r.status, body)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt == self.retries or not req.retry:
-                    raise errors.InfrastructureError(f"{req.method} {req.path}: {exc!r}") from exc
-            await asyncio.sleep(min(_backoff(attempt), max(deadline - loop.time(), 0)))
-        raise errors.InfrastructureError(f"{req.method} {req.path}: no answer within the deadline")
+                    status, body = r.status, await r.read()
+            except TimeoutError as exc:
+                raise errors.InfrastructureError(
+                    f"{req.method} {req.path}: no answer within {left:.2f} s"
+                ) from exc
+            except aiohttp.ClientError as exc:
+                raise errors.InfrastructureError(f"{req.method} {req.path}: {exc!r}") from exc
+            return _decode(req, status, body)
+
+        return await self.guard.call(attempt, timeout=timeout or self.timeout, idempotent=req.retry)
 
     async def get_user_orders(
         self,

@@ -16,6 +16,7 @@ from typing import Literal
 from ordermesh.client.rpc import GrpcClient
 from ordermesh.inventory.v1 import inventory_pb2 as pb
 from ordermesh.inventory.v1 import inventory_pb2_grpc as pb_grpc
+from ordermesh.resilience import Guard
 
 DEFAULT_TARGET = "127.0.0.1:50053"
 Status = Literal["unspecified", "reserved", "rejected", "released", "committed"]
@@ -73,14 +74,17 @@ class InventoryClient(GrpcClient):
     ``token`` must be a service token (``Tokens.issue_service``). Retries UNAVAILABLE until the
     deadline: a service that is still starting is waited for."""
 
+    downstream = "inventory"
+
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         token: str | Callable[[], str] | None = None,
         *,
         timeout: float = 5.0,
+        guard: Guard | None = None,
     ) -> None:
-        super().__init__(target, token, timeout, retries=None)
+        super().__init__(target, token, timeout, None, guard)
         self.stub = pb_grpc.InventoryServiceStub(self.channel)
 
     async def reserve(

@@ -3,7 +3,8 @@
 Answers are plain dataclasses, errors ``ordermesh.errors`` classes. Every call has a deadline
 (``timeout`` seconds, per client or per call). Every PaymentService method is idempotent by
 order id, so UNAVAILABLE (the provider or the server failed; nothing was recorded) and ABORTED
-(another call for the same order is in flight) are retried, with backoff, within that deadline.
+(another call for the same order is in flight: ``IdempotencyKeyInUse``) are retried, with backoff,
+within that deadline, through the payments circuit breaker (``client.rpc``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ordermesh.client.rpc import GrpcClient
 from ordermesh.payments.v1 import payments_pb2 as pb
 from ordermesh.payments.v1 import payments_pb2_grpc as pb_grpc
+from ordermesh.resilience import Guard
 
 DEFAULT_TARGET = "127.0.0.1:50052"
 
@@ -83,7 +84,7 @@ def _status(value: int) -> PaymentStatus:
 
 
 class PaymentsClient(GrpcClient):
-    retryable = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED)
+    downstream = "payments"
 
     def __init__(
         self,
@@ -92,8 +93,9 @@ class PaymentsClient(GrpcClient):
         *,
         timeout: float = 5.0,
         retries: int = 3,
+        guard: Guard | None = None,
     ) -> None:
-        super().__init__(target, token, timeout, retries)
+        super().__init__(target, token, timeout, retries, guard)
         self.stub = pb_grpc.PaymentServiceStub(self.channel)
 
     async def process_payment(

@@ -1,39 +1,54 @@
-"""What every async gRPC client of ordermesh shares: one channel, the bearer token, a deadline
-per call, and retries within it for the codes a client says are safe to retry.
+"""What every async gRPC client of ordermesh shares: one channel, the bearer token, and a
+``resilience.Guard`` around each call — its deadline (the call's timeout, or less if the caller
+has less time left), retries for idempotent calls within it, the downstream's circuit breaker and
+bulkhead.
 
-A retried call goes out again with what is left of the same deadline, after a backoff of 50 ms
-doubling to 1 s; the last failure comes back as an ``ordermesh.errors`` class
-(``rpc.status.error_from_rpc``). ``retries=None`` retries until the deadline.
+Each attempt goes out as a gRPC call whose deadline is what is left; a failure comes back as an
+``ordermesh.errors`` class (``rpc.status.error_from_rpc``), and whether it is retried is decided by
+that class (``resilience.retryable``, widened by a client's ``retryable_errors``). A service passes
+the guard of its process for that downstream (``Runtime.guard``), so every client of it shares one
+breaker; without one, a client has a guard of its own with the default policy.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from typing import Any, Self, TypeVar
 
 import grpc
 
+from ordermesh.resilience import Guard, Policy, RetryPolicy, retryable
 from ordermesh.rpc.status import error_from_rpc
 
 Response = TypeVar("Response")
-UNAVAILABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+UNTIL_THE_DEADLINE = 1_000  # attempts: "retry until the deadline" (the deadline stops it first)
 
 
 class GrpcClient:
     """Base of the async clients: ``async with Client(target, token) as c: await c.method(...)``.
     ``token`` unset: the environment's ORDERMESH_TOKEN; a callable is asked before every call
-    (a service's own tokens expire: ``auth.TokenSource`` renews them)."""
+    (a service's own tokens expire: ``auth.TokenSource`` renews them). ``retries=None`` retries
+    until the deadline."""
 
-    retryable: Collection[grpc.StatusCode] = UNAVAILABLE
+    downstream = "grpc"  # the guard's name when the client makes its own
+    retryable_errors: tuple[type[BaseException], ...] = ()  # retried besides ``resilience.retryable``'s
 
     def __init__(
-        self, target: str, token: str | Callable[[], str] | None, timeout: float, retries: int | None
+        self,
+        target: str,
+        token: str | Callable[[], str] | None,
+        timeout: float,
+        retries: int | None,
+        guard: Guard | None = None,
     ) -> None:
         token = token if token is not None else os.environ.get("ORDERMESH_TOKEN")  # as the README's shell
         self.timeout = timeout
         self.retries = retries
+        attempts = UNTIL_THE_DEADLINE if retries is None else retries + 1
+        self.guard = guard or Guard(
+            self.downstream, Policy(timeout=timeout, retry=RetryPolicy(attempts=attempts, wait_jitter=0.05))
+        )
         self._token = token
         self.channel = grpc.aio.insecure_channel(target)
 
@@ -42,24 +57,28 @@ class GrpcClient:
         token = self._token() if callable(self._token) else self._token
         return (("authorization", f"Bearer {token}"),) if token else ()
 
+    def _retryable(self, exc: BaseException) -> bool:
+        return retryable(exc) or isinstance(exc, self.retryable_errors)
+
     async def _call(
-        self, method: Callable[..., Awaitable[Response]], request: Any, timeout: float | None
+        self,
+        method: Callable[..., Awaitable[Response]],
+        request: Any,
+        timeout: float | None,
+        *,
+        idempotent: bool = True,
     ) -> Response:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout or self.timeout)
-        attempt = 0
-        while True:
+        metadata = self._metadata
+
+        async def attempt(left: float) -> Response:
             try:
-                return await method(
-                    request, timeout=max(deadline - loop.time(), 0.001), metadata=self._metadata
-                )
+                return await method(request, timeout=left, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
-                pause = min(0.05 * 2**attempt, 1.0)
-                last = self.retries is not None and attempt >= self.retries
-                if exc.code() not in self.retryable or last or loop.time() + pause >= deadline:
-                    raise error_from_rpc(exc) from exc
-            await asyncio.sleep(pause)
-            attempt += 1
+                raise error_from_rpc(exc) from exc
+
+        return await self.guard.call(
+            attempt, timeout=timeout or self.timeout, idempotent=idempotent, is_retryable=self._retryable
+        )
 
     async def close(self) -> None:
         await self.channel.close()
@@ -71,4 +90,4 @@ class GrpcClient:
         await self.close()
 
 
-__all__ = ["UNAVAILABLE", "GrpcClient"]
+__all__ = ["GrpcClient"]

@@ -1,15 +1,16 @@
 """Async client of the shipping service's REST API (aiohttp; no FastAPI, no server code).
 
-Every call has a timeout, covering its retries. All three calls are idempotent by order id, so
-connection failures and 502/503/504 answers are retried with jittered backoff: a schedule whose
-answer was lost is answered again with the same shipment (200), a cancel again with the same
-cancelled one. Problem documents come back as the ``ordermesh.errors`` classes the server raised.
+Every call has a timeout, covering its retries, and sends what is left of it as
+``X-Ordermesh-Deadline-Ms``. All three calls are idempotent by order id, so connection failures and
+5xx answers (``InfrastructureError``) are retried with jittered backoff: a schedule whose answer was
+lost is answered again with the same shipment (200), a cancel again with the same cancelled one.
+Calls go through the shipping circuit breaker and bulkhead (a ``resilience.Guard``: pass the
+process's own, ``Runtime.guard("shipping")``, to share it). Problem documents come back as the
+``ordermesh.errors`` classes the server raised.
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,8 +22,8 @@ import orjson
 
 from ordermesh import errors
 from ordermesh.problems import error_from_problem
-
-RETRYABLE_STATUS = frozenset({502, 503, 504})
+from ordermesh.resilience import Guard, Policy, RetryPolicy, deadline
+from ordermesh.resilience.deadline import DEADLINE_HEADER
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +52,6 @@ class Shipment:
     address: Address | None
     scheduled_at: datetime | None
     cancelled_at: datetime | None
-
-
-def _backoff(attempt: int) -> float:
-    return float(min(0.05 * 2**attempt, 1.0) * random.uniform(0.5, 1.0))
 
 
 def _time(value: Any) -> datetime | None:
@@ -96,10 +93,14 @@ class ShippingClient:
         *,
         timeout: float = 5.0,
         retries: int = 3,
+        guard: Guard | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
+        self.guard = guard or Guard(
+            "shipping", Policy(timeout=timeout, retry=RetryPolicy(attempts=retries + 1))
+        )
         self._token = token
         self._session: aiohttp.ClientSession | None = None
 
@@ -135,36 +136,29 @@ class ShippingClient:
     async def _send(
         self, method: str, path: str, body: bytes | None = None, *, timeout: float | None = None
     ) -> Any:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (timeout or self.timeout)
         session = self._open()
-        for attempt in range(self.retries + 1):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
+        url = self.base_url + path
+
+        async def attempt(left: float) -> Any:
             token = self._token() if callable(self._token) else self._token
-            headers = {"Authorization": f"Bearer {token}"}
+            # The callee learns how long its caller will wait (``resilience.deadline``).
+            headers = {"Authorization": f"Bearer {token}", DEADLINE_HEADER: deadline.to_header(left)}
             if body is not None:
                 headers["Content-Type"] = "application/json"
             try:
                 async with session.request(
-                    method,
-                    self.base_url + path,
-                    data=body,
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=remaining),
+                    method, url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=left)
                 ) as r:
                     status, payload = r.status, await r.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                if attempt == self.retries:
-                    raise errors.InfrastructureError(f"{method} {path}: {exc or type(exc).__name__}") from exc
-            else:
-                if status < 400:
-                    return orjson.loads(payload)
-                if status not in RETRYABLE_STATUS or attempt == self.retries:
-                    raise error_from_problem(status, payload)
-            await asyncio.sleep(min(_backoff(attempt), max(deadline - loop.time(), 0)))
-        raise errors.InfrastructureError(f"{method} {path}: no answer within {self.timeout} s")
+            except TimeoutError as exc:
+                raise errors.InfrastructureError(f"{method} {path}: no answer within {left:.2f} s") from exc
+            except aiohttp.ClientError as exc:
+                raise errors.InfrastructureError(f"{method} {path}: {exc or type(exc).__name__}") from exc
+            if status < 400:
+                return orjson.loads(payload)
+            raise error_from_problem(status, payload)
+
+        return await self.guard.call(attempt, timeout=timeout or self.timeout)
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from ordermesh import __version__
 from ordermesh.errors import InfrastructureError
 from ordermesh.http import problems
+from ordermesh.http.deadline import CallerDeadline
 from ordermesh.http.metrics import HttpMetrics, MetricsMiddleware
 from ordermesh.http.middleware import BodyLimits, HttpLimits
 
@@ -125,7 +126,9 @@ def create_app(
     async def metrics_endpoint() -> Response:
         return metrics.response()
 
-    # Added first, so inside the metrics middleware: refused bodies are counted too.
+    # Innermost: a request runs under its caller's deadline (X-Ordermesh-Deadline-Ms), its
+    # body already checked. Added first, so inside the metrics middleware: refusals are counted too.
+    app.add_middleware(CallerDeadline)
     app.add_middleware(BodyLimits, limits=limits)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -84,7 +84,7 @@ class BodyLimits:
             detail = (
                 f"the request's headers are larger than the limit of {self.limits.max_header_bytes} bytes"
             )
-            await _refuse(send, 431, "headers-too-large", detail)
+            await refuse(send, 431, "headers-too-large", detail)
             return
         if length is None and not chunked:  # no body at all (h11 frames it so)
             await self.app(scope, receive, send)
@@ -92,7 +92,7 @@ class BodyLimits:
         cap = self.limits.max_body_bytes
         if length is not None and not chunked and length.isdigit() and int(length) > cap:
             close = int(length) > cap + DRAIN_ALLOWANCE
-            await _refuse(send, 413, "content-too-large", _too_large(cap), close=close)
+            await refuse(send, 413, "content-too-large", _too_large(cap), close=close)
             return
         guard = _Guard(receive, send, cap, asyncio.get_running_loop().time() + self.limits.body_timeout)
         try:
@@ -104,7 +104,7 @@ class BodyLimits:
                 raise
         if guard.failure is not None and not guard.started:
             status, slug, detail, close = guard.failure
-            await _refuse(send, status, slug, detail, close)
+            await refuse(send, status, slug, detail, close)
 
 
 class _Guard:
@@ -156,7 +156,7 @@ def _too_large(cap: int) -> str:
     return f"the request body is larger than the limit of {cap} bytes"
 
 
-async def _refuse(send: Send, status: int, slug: str, detail: str, close: bool = True) -> None:
+async def refuse(send: Send, status: int, slug: str, detail: str, close: bool = True) -> None:
     """A problem document; with ``close``, the connection is closed after it and what is left of
     the body is never read (uvicorn would otherwise read and drop it to reuse the connection)."""
     body = problem_body(status, slug, detail)
@@ -167,4 +167,4 @@ async def _refuse(send: Send, status: int, slug: str, detail: str, close: bool =
     await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ["KEEP_ALIVE_TIMEOUT", "MAX_HEADER_BYTES", "BodyLimits", "HttpLimits"]
+__all__ = ["KEEP_ALIVE_TIMEOUT", "MAX_HEADER_BYTES", "BodyLimits", "HttpLimits", "refuse"]

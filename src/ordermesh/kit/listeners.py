@@ -14,6 +14,9 @@ everyone else). So :class:`_GuardedH11` adds the missing timer: a connection who
 head is not complete ``header_timeout`` seconds after it opened (or after the previous response)
 is closed; so is one still draining the rest of a body refused with 413. Request bodies are
 timed by ``http.middleware.BodyLimits``.
+
+The connection's transport reaches the app in each request's scope ``state`` (under
+``http.faults.TRANSPORT``): an injected "connection reset" drops the real TCP connection.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ordermesh.config import ENV_PREFIX
 from ordermesh.errors import ConfigError, InfrastructureError
+from ordermesh.http.faults import TRANSPORT
 from ordermesh.http.middleware import HttpLimits
 from ordermesh.http.server import OwnedSignals
 
@@ -85,6 +89,9 @@ class _GuardedH11(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # uvicorn copies app_state into every request's scope["state"]: this connection's own copy
+        # hands its transport to the app (http.faults), at no cost per request.
+        self.app_state = {**self.app_state, TRANSPORT: transport}
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm()
 

@@ -21,6 +21,9 @@ from ordermesh.errors import OrdermeshError
 from ordermesh.kit.runtime import ServiceSpec, started
 
 log = logging.getLogger("ordermesh.kit")
+# stamina logs every retry it schedules: during an outage, a line per call. The breakers log each
+# change of state once and /metrics counts the retries, so only its errors are kept.
+logging.getLogger("stamina").setLevel(logging.ERROR)
 PARENT_PID = "ORDERMESH_PARENT_PID"
 _CHATTY = ("aiormq", "aio_pika", "asyncpg")
 

@@ -37,9 +37,14 @@ from ordermesh.db import SqlDb, connect
 from ordermesh.errors import InfrastructureError
 from ordermesh.http.app import create_app
 from ordermesh.http.middleware import HttpLimits
+from ordermesh.kit import downstreams
+from ordermesh.kit.admin import install_faults
 from ordermesh.kit.listeners import HttpListener, add_grpc_port, bind
 from ordermesh.messaging import Broker, open_broker
+from ordermesh.messaging.faults import with_faults
 from ordermesh.messaging.outbox import OutboxPublisher, SqlOutbox
+from ordermesh.resilience import Guard, Guards
+from ordermesh.resilience.faults import Faults
 from ordermesh.rpc.server import build_server, stop_server
 
 log = logging.getLogger("ordermesh.kit")
@@ -82,6 +87,7 @@ class Runtime:
     _grpc: list[tuple[Register, str]] = field(default_factory=list)
     http_url: str = ""
     grpc_target: str = ""
+    _guards: Guards | None = None
 
     @property
     def name(self) -> str:
@@ -108,7 +114,7 @@ class Runtime:
     async def broker(self) -> Broker:
         """The configured broker, opened once, closed at exit; ``/readyz`` fails while it is down."""
         if self._broker is None:
-            broker = await open_broker(self.settings.effective_broker_url)
+            broker = with_faults(await open_broker(self.settings.effective_broker_url), self.app.state.faults)
             self.stack.push_async_callback(broker.close)
             self._broker = broker
 
@@ -118,6 +124,15 @@ class Runtime:
 
             self.ready_check(connected, "broker")
         return self._broker
+
+    def guard(self, downstream: str) -> Guard:
+        """The guard (deadline, retries, breaker, bulkhead) of this process's calls to
+        ``downstream``: one per downstream, its policy from settings; pass it to the client. The
+        first one adds the breakers to ``/metrics`` and ``GET /admin/breakers``."""
+        if self._guards is None:
+            self._guards = downstreams.guards_for(self.settings, self.clock)
+            downstreams.install(self.app, self.metrics, self.tokens, self._guards)
+        return self._guards.get(downstream)
 
     async def outbox(self, *exchanges: str) -> SqlOutbox:
         """An outbox table in the service's database, published to the broker in the background.
@@ -194,6 +209,7 @@ async def started(
                 service_names=[name for _, name in rt._grpc],
                 tokens=rt.tokens,
                 metrics=rt.metrics,
+                faults=rt.app.state.faults,
             )
             port = add_grpc_port(server, host, grpc_port, spec.grpc_port)
             rt.grpc_target = f"{client_host(host)}:{port}"
@@ -232,6 +248,11 @@ def _runtime(
     limits = HttpLimits.from_settings(settings)
     app = create_app(spec.title, ready, security_schemes=spec.security_schemes, limits=limits)
     rt = Runtime(spec, settings, clock, Tokens(settings, clock), app, stack)
+    # Injected faults (`ordermesh faults`), in this process's memory: on every call into the
+    # service (HTTP here, gRPC in started) and every delivery it consumes (broker()).
+    faults = Faults(spec.name, allowed=settings.faults_allowed)
+    app.state.faults = faults
+    install_faults(app, faults, rt.tokens, rt.metrics)
     holder.append(rt)
     return rt
 

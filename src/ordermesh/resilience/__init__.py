@@ -1,7 +1,25 @@
-"""Resilience for synchronous calls between services, transport-free: a circuit breaker and a
-bulkhead per downstream, with an injectable clock. (Issue 12 applies them in the shared clients.)"""
+"""Resilience for synchronous calls between services, transport-free: the propagated deadline,
+retries with a budget, a circuit breaker and a bulkhead per downstream, combined by a ``Guard``
+that applies a downstream's ``Policy`` (data, from settings) in the shared clients."""
 
 from ordermesh.resilience.breaker import CircuitBreaker, CircuitOpen, State, is_infrastructure_failure
 from ordermesh.resilience.bulkhead import Bulkhead, BulkheadFull
+from ordermesh.resilience.policy import DeadlineExceeded, Guard, Guards, Policy
+from ordermesh.resilience.retry import RetryBudget, RetryPolicy, call_with_retries, retryable
 
-__all__ = ["Bulkhead", "BulkheadFull", "CircuitBreaker", "CircuitOpen", "State", "is_infrastructure_failure"]
+__all__ = [
+    "Bulkhead",
+    "BulkheadFull",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "DeadlineExceeded",
+    "Guard",
+    "Guards",
+    "Policy",
+    "RetryBudget",
+    "RetryPolicy",
+    "State",
+    "call_with_retries",
+    "is_infrastructure_failure",
+    "retryable",
+]

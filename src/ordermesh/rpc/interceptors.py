@@ -12,6 +12,9 @@ first, what used to be five interceptors:
 3. auth: the bearer token's subject becomes the principal (public methods need none);
 4. deadline: the call's deadline, and the server's default timer around the handler alone.
 
+Injected faults (``rpc.faults``, set with ``ordermesh faults``) come before auth, inside errors:
+a faulted call is logged, counted and answered like a real failure; with none set, one check.
+
 The wrapped handler is built once per method (and handler) and reused; per call there is one
 coroutine (or async generator) layer. Every call runs in its own task and context, so the context
 variables set here (principal, deadline) are seen by the handler, an async generator included.
@@ -34,7 +37,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from ordermesh import tracing
 from ordermesh.auth import Tokens
 from ordermesh.errors import FieldViolation, Unauthenticated, ValidationError
+from ordermesh.resilience.faults import Faults
 from ordermesh.rpc.context import principal_or_none, set_deadline, set_principal
+from ordermesh.rpc.faults import inject
 from ordermesh.rpc.status import to_grpc_status
 
 log = logging.getLogger("ordermesh.rpc")
@@ -142,7 +147,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     """Logging, metrics (``metrics=None``: none), errors, auth (the bearer token of
     ``authorization: Bearer <jwt>`` metadata, on every method but those starting with one of
     ``public``) and deadlines (``default`` seconds for calls with one response and no client
-    deadline), in that order, around every handler."""
+    deadline), in that order, around every handler; with ``faults``, the link faults injected into
+    every non-public method (``rpc.faults``)."""
 
     def __init__(
         self,
@@ -151,6 +157,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         metrics: CollectorRegistry | None = None,
         default_deadline: float = 10.0,
         public: Sequence[str] = PUBLIC_METHOD_PREFIXES,
+        faults: Faults | None = None,
     ) -> None:
         if default_deadline <= 0:
             raise ValueError(f"default deadline must be positive, not {default_deadline}")
@@ -158,6 +165,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = None if metrics is None else Metrics(metrics)
         self.default_deadline = default_deadline
         self._public = tuple(public)
+        self._faults = faults
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
@@ -204,6 +212,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         is_coroutine = inspect.iscoroutinefunction(behaviour)
         default = self.default_deadline
         authenticate = None if state.public else self._authenticate
+        faults = None if state.public else self._faults
         answer = self._answer
 
         async def unary(request: Any, context: Context) -> Any:
@@ -211,6 +220,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             try:
                 try:
                     request = _checked(request, request_streaming)
+                    if faults is not None and faults.link is not None:
+                        await inject(faults, context, default)
                     if authenticate is not None:
                         authenticate(context)
                     remaining = _client_budget(context)
@@ -258,6 +269,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self, state: _Method, behaviour: Callable[..., Any], request_streaming: bool
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         authenticate = None if state.public else self._authenticate
+        faults = None if state.public else self._faults
         answer = self._answer
 
         async def streamed(request: Any, context: Context) -> AsyncIterator[Any]:
@@ -265,6 +277,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             try:
                 try:
                     request = _checked(request, request_streaming)
+                    if faults is not None and faults.link is not None:
+                        await inject(faults, context, None)
                     if authenticate is not None:
                         authenticate(context)
                     # streamed responses get no default deadline: they are live subscriptions,

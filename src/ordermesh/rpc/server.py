@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped, u
 from prometheus_client import CollectorRegistry
 
 from ordermesh.auth import Tokens
+from ordermesh.resilience.faults import Faults
 from ordermesh.rpc.interceptors import CallInterceptor
 
 HEALTH_SERVICE: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -96,6 +97,7 @@ def build_server(
     metrics: CollectorRegistry | None = None,
     default_deadline: float = 10.0,
     options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS,
+    faults: Faults | None = None,
 ) -> grpc.aio.Server:
     """A server (not started, no port yet) with every service of ``registrations``.
 
@@ -103,11 +105,11 @@ def build_server(
     registered, not as a grpc.aio interceptor: see ``_Wrapping``) does, outermost first: logging and
     metrics (they see every outcome, rejections included, with the final code and the whole
     duration), errors (the one place that turns exceptions into statuses, so auth just raises
-    ``Unauthenticated``), auth, deadline (its timer covers the handler alone). ``metrics=None``
-    collects none. Health (``""`` and every name in ``service_names`` SERVING) and reflection
-    need no token.
+    ``Unauthenticated``), injected ``faults`` (``rpc.faults``), auth, deadline (its timer covers
+    the handler alone). ``metrics=None`` collects none. Health (``""`` and every name in
+    ``service_names`` SERVING) and reflection need no token and are never faulted.
     """
-    interceptor = CallInterceptor(tokens, metrics=metrics, default_deadline=default_deadline)
+    interceptor = CallInterceptor(tokens, metrics=metrics, default_deadline=default_deadline, faults=faults)
     server = grpc.aio.server(options=options)
     wrapping = cast(grpc.aio.Server, _Wrapping(server, interceptor))
     for register in registrations:

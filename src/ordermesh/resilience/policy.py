@@ -1,0 +1,219 @@
+"""A policy per downstream, as data, and the guard that applies it around every call to it.
+
+``Guard.call(attempt)`` does, outermost first:
+
+1. the deadline: the call's own timeout, or less if the caller has less time left
+   (``resilience.deadline``); each attempt gets what remains of it, and passes it on;
+2. the bulkhead: at most ``bulkhead`` calls in flight, one more refused at once;
+3. retries, for idempotent calls only, within that deadline and the downstream's retry budget;
+4. the circuit breaker, around each attempt: open, an attempt fails at once with ``CircuitOpen``.
+
+The clients every service shares (``client.rpc.GrpcClient``, ``client.shipping.ShippingClient``)
+own one guard each, so handlers hold none of this. With ``enabled`` off (``ORDERMESH_BREAKERS=0``)
+a guard keeps the deadline and the retries and drops the breaker and the bulkhead: the bare path the
+benchmark compares against.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from ordermesh.clock import Clock
+from ordermesh.errors import InfrastructureError
+from ordermesh.resilience import deadline
+from ordermesh.resilience.breaker import CircuitBreaker, State
+from ordermesh.resilience.bulkhead import Bulkhead
+from ordermesh.resilience.retry import RetryBudget, RetryPolicy, call_with_retries, retryable
+
+T = TypeVar("T")
+Now = Callable[[], float]
+log = logging.getLogger("ordermesh.resilience")
+
+
+class DeadlineExceeded(InfrastructureError):
+    """No time was left for the call (the caller's deadline passed): it was not made."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How calls to one downstream are guarded. ``Policy.from_settings`` reads the ``ORDERMESH_*``
+    resilience settings (``Settings.policy(name)``: the global ones with the downstream's
+    overrides)."""
+
+    timeout: float = 5.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry_budget: float = 0.2
+    breaker_failures: int = 5
+    breaker_failure_rate: float | None = 0.5
+    breaker_window: int = 20
+    breaker_open_for: float = 5.0
+    bulkhead: int = 64
+    enabled: bool = True
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, float], enabled: bool = True) -> Policy:
+        return cls(
+            timeout=values["call_timeout"],
+            retry=RetryPolicy(attempts=int(values["retry_attempts"])),
+            retry_budget=values["retry_budget"],
+            breaker_failures=int(values["breaker_failures"]),
+            breaker_failure_rate=values["breaker_failure_rate"],
+            breaker_window=int(values["breaker_window"]),
+            breaker_open_for=values["breaker_open_seconds"],
+            bulkhead=int(values["bulkhead_limit"]),
+            enabled=enabled,
+        )
+
+
+Attempt = Callable[[float], Awaitable[T]]  # given the seconds it may take
+
+
+class Guard:
+    """The breaker, bulkhead, retry budget and counters of one downstream (see the module doc)."""
+
+    def __init__(
+        self,
+        name: str,
+        policy: Policy | None = None,
+        clock: Clock | None = None,
+        now: Now = time.monotonic,
+        on_change: Callable[[str, State, State], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.policy = policy = policy or Policy()
+        self._now = now
+        self._on_change = on_change
+        self.breaker = CircuitBreaker(
+            name,
+            policy.breaker_failures,
+            policy.breaker_open_for,
+            clock,
+            listener=self._changed,
+            failure_rate=policy.breaker_failure_rate,
+            window=policy.breaker_window,
+        )
+        self.bulkhead = Bulkhead(name, policy.bulkhead)
+        self.budget = RetryBudget(policy.retry_budget, now=now)
+        self.calls = 0
+        self.retries = 0
+        self.transitions: dict[State, int] = {"closed": 0, "open": 0, "half_open": 0}
+
+    def _changed(self, name: str, old: State, new: State) -> None:
+        self.transitions[new] += 1
+        level = logging.INFO if new == "closed" else logging.WARNING
+        log.log(level, "circuit %s: %s -> %s", name, old, new)  # once per change, by construction
+        if self._on_change is not None:
+            self._on_change(name, old, new)
+
+    def _retried(self, _exc: BaseException, _wait: float) -> None:
+        self.retries += 1
+
+    async def call(
+        self,
+        attempt: Attempt[T],
+        *,
+        timeout: float | None = None,
+        idempotent: bool = True,
+        is_retryable: Callable[[BaseException], bool] = retryable,
+    ) -> T:
+        """``await attempt(seconds_left)`` under this downstream's policy (see the module doc)."""
+        self.calls += 1
+        end = self._now() + deadline.budget(timeout or self.policy.timeout, self._now)
+        policy = self.policy
+        once = self._guarded(attempt, end) if policy.enabled else self._bare(attempt, end)
+        if idempotent and policy.retry.attempts > 1:
+
+            def run() -> Awaitable[T]:
+                return call_with_retries(
+                    once,
+                    policy.retry,
+                    deadline=end,
+                    budget=self.budget,
+                    is_retryable=is_retryable,
+                    on_retry=self._retried,
+                    now=self._now,
+                )
+        else:
+            run = once
+        if not policy.enabled:
+            return await run()
+        return await self.bulkhead.call(run)
+
+    def _left(self, end: float) -> float:
+        left = end - self._now()
+        if left <= 0:
+            raise DeadlineExceeded(f"{self.name}: the deadline passed before the call was made")
+        return left
+
+    def _bare(self, attempt: Attempt[T], end: float) -> Callable[[], Awaitable[T]]:
+        async def once() -> T:
+            return await attempt(self._left(end))
+
+        return once
+
+    def _guarded(self, attempt: Attempt[T], end: float) -> Callable[[], Awaitable[T]]:
+        breaker = self.breaker
+
+        async def once() -> T:
+            left = self._left(end)
+            breaker.before_call()
+            try:
+                result = await attempt(left)
+            except Exception as exc:
+                breaker.on_failure(exc)
+                raise
+            except BaseException:
+                breaker.on_cancelled()
+                raise
+            breaker.on_success()
+            return result
+
+        return once
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``ordermesh breakers`` and ``/metrics`` show."""
+        b, h = self.breaker, self.bulkhead
+        return {
+            "downstream": self.name,
+            "state": b.current_state() if self.policy.enabled else "disabled",
+            "consecutive_failures": b.failures,
+            "failures": b.total_failures,
+            "rejected": b.rejected,
+            "opened": self.transitions["open"],
+            "calls": self.calls,
+            "retries": self.retries,
+            "retry_budget_exhausted": self.budget.exhausted,
+            "in_flight": h.in_flight,
+            "bulkhead_limit": h.limit,
+            "bulkhead_rejected": h.rejected,
+            "open_for": b.open_for,
+        }
+
+
+class Guards:
+    """The guards of one process, by downstream: one breaker per downstream however many clients
+    call it; what ``/metrics`` and ``/admin/breakers`` report."""
+
+    def __init__(self, clock: Clock | None = None, policy_for: Callable[[str], Policy] | None = None):
+        self._clock = clock
+        self._policy_for = policy_for or (lambda _name: Policy())
+        self._guards: dict[str, Guard] = {}
+
+    def get(self, name: str) -> Guard:
+        guard = self._guards.get(name)
+        if guard is None:
+            guard = self._guards[name] = Guard(name, self._policy_for(name), self._clock)
+        return guard
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [guard.snapshot() for _, guard in sorted(self._guards.items())]
+
+    def __iter__(self) -> Any:
+        return iter(self._guards.values())
+
+
+__all__ = ["Attempt", "DeadlineExceeded", "Guard", "Guards", "Policy"]
