@@ -20,6 +20,7 @@ from rich.table import Table
 from ordermesh.auth import Tokens, check_user_id
 from ordermesh.config import ServiceName, Settings, redact_urls
 from ordermesh.errors import ConfigError, NotFound, OrdermeshError, ValidationError
+from ordermesh.kit import breakers_cli, faults_cli
 from ordermesh.kit.console import JsonFlag, console, fail, on_database, print_json, run
 from ordermesh.services.inventory import cli as inventory_cli
 from ordermesh.services.orders.events import OrderLine
@@ -317,6 +318,8 @@ app.add_typer(inventory_cli.app, name="stock")
 app.add_typer(shipping_cli.app, name="shipments")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(mail_app, name="mail")
+app.add_typer(faults_cli.app, name="faults")
+app.command("breakers")(breakers_cli.breakers)
 
 
 def _known_queues() -> list[str]:
