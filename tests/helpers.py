@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -238,3 +239,41 @@ def start_service(
         time.sleep(0.05)  # another process's endpoint: nothing to wait on but polling
     proc.kill()
     pytest.fail(f"{service} did not start: {log.read_text(errors='replace')[-2000:]}")
+
+
+class Silent:
+    """A server that accepts connections, reads what comes and never answers (a hung service)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self._held: list[asyncio.StreamWriter] = []
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._held.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(65536):
+                pass
+
+    async def __aenter__(self) -> Silent:
+        self._server = await asyncio.start_server(self._hold, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._held:
+            writer.transport.abort()
+        # Each handler ends on its aborted connection; left running, the loop's end would cancel it.
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()

@@ -16,6 +16,7 @@ from ordermesh.services.orders import metrics as projection_metrics
 from ordermesh.services.orders.rest import BEARER, router
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 from ordermesh.services.orders.saga_api import router as saga_router
+from ordermesh.services.orders.tracking import router as tracking_router
 
 TITLE = "ordermesh orders"
 
@@ -32,6 +33,7 @@ def install_order_api(app: FastAPI, tokens: Tokens, system: OrderSystem | None =
     # top of the routes (~10 µs a request, bench/http_orders.py).
     app.router.routes[0:0] = router.routes
     app.include_router(saga_router)
+    app.include_router(tracking_router)
 
     def projectors() -> list[Projector]:
         owned: OrderSystem | None = getattr(app.state, "system", None)

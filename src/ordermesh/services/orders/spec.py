@@ -24,6 +24,7 @@ from ordermesh.services.orders.outbox import EXCHANGE, RELAY_NAME, OrderMessages
 from ordermesh.services.orders.rest import BEARER
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 from ordermesh.services.orders.saga import SAGA, Downstream, OrderSaga, start_sagas
+from ordermesh.services.orders.tracking import tracking_timeout, use_shipping
 
 
 async def relay_checkpoints(system: OrderSystem) -> CheckpointStore:
@@ -52,6 +53,16 @@ async def build(rt: Runtime) -> None:
     await system.start()
     rt.ready_check(system.ready, "database")
     install_order_api(rt.app, rt.tokens, system)
+    # The service's one shipping client: the tracking route's, whichever saga style runs, through
+    # the process's shipping guard (its breaker open, tracking answers degraded at once).
+    shipping = ShippingClient(
+        rt.settings.effective_shipping_url,
+        TokenSource(rt.tokens, "orders"),
+        timeout=rt.settings.policy("shipping")["call_timeout"],
+        guard=rt.guard("shipping"),
+    )
+    rt.stack.push_async_callback(shipping.close)
+    use_shipping(rt.app, shipping, tracking_timeout(rt.settings))
     # One bucket per user for REST and gRPC writes alike (ORDERMESH_WRITE_RATE / _BURST).
     writes = RateLimiter(rt.settings.write_rate, rt.settings.write_burst, rt.clock, "orders created")
     rt.app.state.write_limiter = writes
@@ -63,7 +74,7 @@ async def build(rt: Runtime) -> None:
     relay = await relay_for(system, await rt.broker())
     relay_metrics.register(rt.metrics, lambda: [relay])
     rt.background("outbox-relay", relay.run)
-    await orchestrate(rt, system)
+    await orchestrate(rt, system, shipping)
 
 
 async def saga_store(system: OrderSystem) -> SagaStore:
@@ -71,9 +82,10 @@ async def saga_store(system: OrderSystem) -> SagaStore:
     return await SqlSagaStore.open(system.db) if system.db else MemorySagaStore()
 
 
-async def orchestrate(rt: Runtime, system: OrderSystem) -> None:
+async def orchestrate(rt: Runtime, system: OrderSystem, shipping: ShippingClient) -> None:
     """The saga manager: a saga per new order, driven against payments and inventory (gRPC) and
-    shipping (REST) with the order service's own token, each call with its step's deadline."""
+    shipping (REST, the service's one shipping client) with the order service's own token, each
+    call with its step's deadline (the saga passes it on every call)."""
     settings = rt.settings
     if settings.saga == "choreographed":  # no saga manager: the order service follows the events
         await choreograph(rt, system, await saga_store(system), await relay_checkpoints(system))
@@ -82,10 +94,14 @@ async def orchestrate(rt: Runtime, system: OrderSystem) -> None:
         raise ConfigError(f"ORDERMESH_SAGA={settings.saga!r} is not a saga style", "ORDERMESH_SAGA")
     token = TokenSource(rt.tokens, "orders")
     timeout = settings.saga_step_timeout
-    payments = PaymentsClient(settings.downstream("payments"), token, timeout=timeout)
-    inventory = InventoryClient(settings.downstream("inventory"), token, timeout=timeout)
-    shipping = ShippingClient(settings.effective_shipping_url, token, timeout=timeout)
-    for client in (payments, inventory, shipping):
+    # Each through its downstream's guard: a breaker and a bulkhead per downstream, per process.
+    payments = PaymentsClient(
+        settings.downstream("payments"), token, timeout=timeout, guard=rt.guard("payments")
+    )
+    inventory = InventoryClient(
+        settings.downstream("inventory"), token, timeout=timeout, guard=rt.guard("inventory")
+    )
+    for client in (payments, inventory):
         rt.stack.push_async_callback(client.close)
     sagas = await saga_store(system)
     saga = OrderSaga(system.service, Downstream(payments, inventory, shipping))
