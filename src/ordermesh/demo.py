@@ -33,7 +33,17 @@ from ordermesh.errors import OrdermeshError
 from ordermesh.problems import error_from_problem
 
 TERMINAL = ("shipped", "cancelled")
-OUTCOMES = ("shipped", "cancelled-declined", "cancelled-out-of-stock", "other")
+# "parked": still pending, its saga waiting for a downstream whose circuit breaker is open (it
+# resumes when that downstream recovers); "cancelled-unavailable": a downstream stayed down past
+# the saga's deadline, so what was done was undone.
+OUTCOMES = (
+    "shipped",
+    "cancelled-declined",
+    "cancelled-out-of-stock",
+    "cancelled-unavailable",
+    "parked",
+    "other",
+)
 ORDERS_PER_USER = 20  # well under the per-user write burst, so no order meets 429
 OUT_OF_STOCK_UNITS = 10_000  # the most one line may ask for; the demo catalog holds 1,000 a SKU
 SHOWN_ROWS = 30
@@ -56,6 +66,7 @@ class Row:
     started: float = 0.0
     latency: float | None = None  # seconds from the create call to the terminal state being seen
     error: str = ""
+    parked: bool = False  # its saga waits for an open circuit breaker
 
     @property
     def done(self) -> bool:
@@ -71,6 +82,10 @@ class Row:
                 return "cancelled-declined"
             if "stock" in text:
                 return "cancelled-out-of-stock"
+            if "unavailable" in text or "deadline" in text:
+                return "cancelled-unavailable"
+        if not self.done and self.parked:
+            return "parked"
         return "other"
 
 
@@ -110,7 +125,7 @@ def current_step(saga: dict[str, Any]) -> str:
     ]
     moves = [*actions, *undos]
     for step in moves:
-        if step["outcome"] in ("running", "retrying"):
+        if step["outcome"] in ("running", "retrying", "parked"):
             return f"{step['name']} ({step['outcome']})"
     return f"{moves[-1]['name']} ({moves[-1]['outcome']})" if moves else ""
 
@@ -125,6 +140,9 @@ class Demo:
     http: aiohttp.ClientSession
     clients: dict[str, AsyncOrdermeshClient] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    breakers: list[dict[str, Any]] = field(default_factory=list)  # the order service's downstreams
+    reads: list[float] = field(default_factory=list)  # seconds per order read while the demo ran
+    failed_reads: int = 0
 
     def client(self, user: str) -> AsyncOrdermeshClient:
         if user not in self.clients:
@@ -168,9 +186,27 @@ class Demo:
         saga = await self.saga(row)
         if saga is not None:
             row.step = current_step(saga)
+            row.parked = row.step.endswith("(parked)")
             row.reason = row.reason or saga.get("reason", "")
-        self._seen(row, await self.client(row.user).get_order(row.order_id))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            order = await self.client(row.user).get_order(row.order_id)
+        except (OrdermeshError, aiohttp.ClientError, TimeoutError):
+            self.failed_reads += 1
+            raise
+        self.reads.append(loop.time() - began)
+        self._seen(row, order)
         self.changed.set()
+
+    async def poll_breakers(self) -> None:
+        """The order service's breakers (``GET /admin/breakers``, a service token)."""
+        headers = {"Authorization": f"Bearer {self.tokens.issue_service('demo')}"}
+        async with self.http.get(
+            f"{self.url}/admin/breakers", headers=headers, timeout=aiohttp.ClientTimeout(total=2)
+        ) as r:
+            if r.status == 200:
+                self.breakers = list(orjson.loads(await r.read())["downstreams"])
 
     async def saga(self, row: Row) -> dict[str, Any] | None:
         """``GET /api/orders/{id}/saga`` (None until the saga has begun)."""
@@ -194,9 +230,15 @@ class Demo:
         try:
             while True:
                 pending = [r for r in self.rows if r.order_id and not r.done]
-                await asyncio.gather(*(self._quietly(self.poll(r), gate) for r in pending))
+                await asyncio.gather(
+                    self._quietly(self.poll_breakers()),
+                    *(self._quietly(self.poll(r), gate) for r in pending),
+                )
                 live.update(self.table())
-                if (placing.done() and all(r.done for r in self.rows)) or loop.time() > deadline:
+                # Done when every order ended, or waits for a downstream that is down (parked:
+                # it resumes by itself when the downstream is back, demo or no demo).
+                settled = all(r.done or r.parked for r in self.rows)
+                if (placing.done() and settled) or loop.time() > deadline:
                     break
                 self.changed.clear()
                 with contextlib.suppress(TimeoutError):
@@ -240,9 +282,22 @@ class Demo:
                 escape(r.step),
                 escape(r.reason or r.error),
             )
+        captions = [breakers_line(self.breakers)] if self.breakers else []
         if len(self.rows) > SHOWN_ROWS:
-            table.caption = f"{len(self.rows) - SHOWN_ROWS} more not shown"
+            captions.append(f"{len(self.rows) - SHOWN_ROWS} more not shown")
+        table.caption = "\n".join(captions) or None
         return table
+
+
+def breakers_line(breakers: Sequence[dict[str, Any]]) -> str:
+    """``breakers: payments OPEN (12 refused), inventory closed, …``"""
+    parts = []
+    for b in breakers:
+        state = str(b["state"])
+        shown = state.upper() if state in ("open", "half_open") else state
+        refused = f" ({b['rejected']} refused)" if b.get("rejected") else ""
+        parts.append(f"{b['downstream']} {shown}{refused}")
+    return "breakers: " + ", ".join(parts)
 
 
 def _ms(values: Sequence[float], q: int) -> str:
@@ -253,9 +308,10 @@ def _ms(values: Sequence[float], q: int) -> str:
     return f"{statistics.quantiles(values, n=100, method='inclusive')[q - 1] * 1000:.0f} ms"
 
 
-def summarize(rows: Sequence[Row], console: Console) -> int:
+def summarize(rows: Sequence[Row], console: Console, demo: Demo | None = None) -> int:
     """One line per outcome (count, p50 and p99 completion latency); 0 when every order ended
-    shipped or cancelled with a reason, else 1 with the orders that did not."""
+    shipped or cancelled with a reason, or is parked waiting for a downstream that is down (it
+    resumes by itself), else 1 with the orders that did not."""
     table = Table(title="summary")
     for column in ("outcome", "orders", "p50", "p99"):
         table.add_column(column, justify="left" if column == "outcome" else "right")
@@ -270,12 +326,32 @@ def summarize(rows: Sequence[Row], console: Console) -> int:
         console.print(
             f"{outcome}: {count}  p50 {_ms(latencies, 50)}  p99 {_ms(latencies, 99)}", highlight=False
         )
-    unexpected = [r for r in rows if r.outcome != "other" and not r.outcome.startswith(_EXPECTED[r.intent])]
+    if demo is not None:
+        if demo.breakers:
+            console.print(breakers_line(demo.breakers), highlight=False)
+        reads = sorted(demo.reads)
+        console.print(
+            f"order reads while it ran: {len(reads)} answered, {demo.failed_reads} failed, "
+            f"p50 {_ms(reads, 50)}, p99 {_ms(reads, 99)}",
+            highlight=False,
+        )
+    parked = sum(r.outcome == "parked" for r in rows)
+    if parked:
+        console.print(
+            f"{parked} order(s) parked: their sagas wait for a downstream whose circuit is open, and "
+            "resume when it recovers (`ordermesh faults clear`, `ordermesh saga show ORDER_ID`)",
+            highlight=False,
+        )
+    waiting = ("parked", "cancelled-unavailable", "other")
+    unexpected = [
+        r for r in rows if r.outcome not in waiting and not r.outcome.startswith(_EXPECTED[r.intent])
+    ]
     if unexpected:  # not a failure (stock may have run low from earlier runs), but worth a note
         console.print(f"note: {len(unexpected)} order(s) ended otherwise than planned", highlight=False)
     bad = [r for r in rows if r.outcome == "other"]
     if not bad:
-        console.print(f"ok: all {len(rows)} orders ended shipped or cancelled with a reason", highlight=False)
+        how = "ended shipped or cancelled with a reason" + (" or are parked" if parked else "")
+        console.print(f"ok: all {len(rows)} orders {how}", highlight=False)
         return 0
     console.print(
         f"[red]{len(bad)} of {len(rows)} orders did not end shipped or cancelled with a reason:[/red]"
@@ -322,7 +398,7 @@ async def run_demo(settings: Settings, count: int, url: str | None, timeout: flo
                 console.line()  # a non-terminal Live leaves its last line open
         finally:
             await asyncio.gather(*(c.close() for c in demo.clients.values()))
-    return summarize(rows, console)
+    return summarize(rows, console, demo)
 
 
-__all__ = ["OUTCOMES", "Row", "current_step", "plan", "run_demo", "summarize"]
+__all__ = ["OUTCOMES", "Row", "breakers_line", "current_step", "plan", "run_demo", "summarize"]

@@ -14,6 +14,7 @@ import pytest
 from ordermesh.clock import FakeClock
 from ordermesh.db import connect
 from ordermesh.errors import DomainError, InfrastructureError
+from ordermesh.resilience import CircuitOpen
 from ordermesh.saga import (
     MemorySagaStore,
     SagaContext,
@@ -143,6 +144,45 @@ async def test_an_outage_is_retried_on_durable_wake_ups_within_the_deadline(stor
     record = await runner.drive("o-3")
     assert record.state == "completed" and record.step("pay").attempts == 3  # type: ignore[union-attr]
     assert world.effects["charged"] == 1
+
+
+async def test_an_open_breaker_parks_the_step_until_it_lets_a_probe_through(store: SagaStore) -> None:
+    world, clock = World(), FakeClock()
+    open_for = [CircuitOpen("payments is unavailable", "payments", retry_after=7.0)] * 2
+    world.script["pay"] = list(open_for)
+    runner = runner_for(store, world, clock, retry_initial=0.2, deadline=60.0)
+    record = await runner.start("o-park", "order", {})
+    pay = record.step("pay")
+    assert record.state == "running" and pay is not None and pay.outcome == "parked"
+    assert "payments is unavailable" in pay.detail
+    # Parked until the breaker lets a probe through (7 s), not on the retry backoff (0.2 s).
+    assert record.wake_at == clock.now() + timedelta(seconds=7)
+    clock.advance(7)
+    record = await runner.drive("o-park")
+    assert record.step("pay").outcome == "parked"  # type: ignore[union-attr]
+    clock.advance(7)
+    record = await runner.drive("o-park")
+    assert record.state == "completed" and world.effects["charged"] == 1
+
+
+async def test_a_breaker_open_past_the_deadline_compensates_and_the_undo_waits_for_it(
+    store: SagaStore,
+) -> None:
+    world, clock = World(), FakeClock()
+    world.script["reserve"] = [CircuitOpen("inventory is unavailable", "inventory", retry_after=5.0)] * 3
+    world.script["refund"] = [CircuitOpen("payments is unavailable", "payments", retry_after=5.0)]
+    runner = runner_for(store, world, clock, deadline=12.0)
+    record = await runner.start("o-late", "order", {})
+    while record.state == "running":
+        clock.advance(5)
+        record = await runner.drive("o-late")
+    assert record.state == "compensating" and "stayed unavailable past the saga's deadline" in record.reason
+    assert record.step("pay", "compensation").outcome == "parked"  # type: ignore[union-attr]
+    clock.advance(5)
+    record = await runner.drive("o-late")
+    assert record.state == "compensated" and world.effects["charged"] == 0
+    # The parked reserve may have acted (an earlier attempt): it is released too, before the refund.
+    assert world.calls[-4:] == ["release", "refund", "refund", "cancel-order"]  # refund: parked, then done
 
 
 async def test_past_its_deadline_a_saga_compensates_even_a_step_that_may_have_acted(store: SagaStore) -> None:

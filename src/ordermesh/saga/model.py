@@ -17,7 +17,8 @@ State = Literal["running", "compensating", "completed", "compensated", "failed"]
 TERMINAL: frozenset[str] = frozenset({"completed", "compensated", "failed"})
 Style = Literal["orchestrated", "choreographed"]
 Kind = Literal["action", "compensation"]
-Outcome = Literal["running", "succeeded", "failed", "retrying"]
+# "parked": the downstream's circuit breaker is open; the step waits for it to let a probe through.
+Outcome = Literal["running", "succeeded", "failed", "retrying", "parked"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,9 @@ move written to the saga log first, so a process killed at any point resumes whe
 - Compensations run last step first, for every step that was attempted (one that timed out may
   have taken effect), and are retried until they succeed: a saga never stops half-way. Only a
   compensation refused for good (a ``DomainError``) ends a saga ``failed``, for an operator.
+- A step (or compensation) refused by an open circuit breaker (``CircuitOpen``) is parked: it
+  waits, recorded as ``parked``, until the breaker lets a probe through, then runs again; a step
+  parked past the saga's deadline compensates instead.
 - Time is the injected clock's; a retry's wait is a durable wake-up time in the log, not a sleep a
   restart would forget (``run`` drives whatever is due).
 """
@@ -28,6 +31,7 @@ from ordermesh import tracing
 from ordermesh.clock import Clock
 from ordermesh.errors import DomainError, NotFound
 from ordermesh.failpoints import failpoint
+from ordermesh.resilience import CircuitOpen
 from ordermesh.saga.model import SagaContext, SagaRecord, StepRecord, Style
 from ordermesh.saga.store import SagaStore
 
@@ -41,6 +45,12 @@ def _trace(record: SagaRecord) -> tracing.Scope | None:
     what it records (and the mail it causes) belongs to the order's one trace."""
     parent = record.data.get("traceparent")
     return tracing.enter(tracing.child_of(parent)) if isinstance(parent, str) and parent else None
+
+
+def _parked_for(exc: CircuitOpen) -> timedelta:
+    """How long a step waits for an open breaker: until it lets a probe through (at least a
+    moment, so a saga never spins)."""
+    return timedelta(seconds=max(exc.retry_after, 0.05))
 
 
 class StepFailed(DomainError):
@@ -182,6 +192,15 @@ class SagaRunner:
             # A StepFailed speaks for itself; a downstream's own refusal is named after its step.
             reason = str(exc) if isinstance(exc, StepFailed) else f"{step.name}: {exc}"
             return await self._begin_compensation(saved.with_step(done), reason)
+        except CircuitOpen as exc:  # the downstream is known down: wait for its breaker, quietly
+            wake = self.clock.now() + _parked_for(exc)
+            parked = replace(attempted, outcome="parked", detail=f"waiting: {exc}")
+            if wake >= saved.deadline_at:
+                return await self._begin_compensation(
+                    saved.with_step(parked),
+                    f"{step.name}: {exc.downstream} stayed unavailable past the saga's deadline",
+                )
+            return await self._save(replace(saved.with_step(parked), wake_at=wake))
         except Exception as exc:  # anything else (a service down, a timeout, a bug) is retried
             why = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, TimeoutError):
@@ -265,6 +284,9 @@ class SagaRunner:
             return await self._save(
                 replace(saved.with_step(failed), state="failed", reason=f"{saved.reason}; {step.name}: {exc}")
             )
+        except CircuitOpen as exc:  # waits for the breaker, however long: a saga never stops half-way
+            parked = replace(attempted, outcome="parked", detail=f"waiting: {exc}")
+            return await self._save(replace(saved.with_step(parked), wake_at=now + _parked_for(exc)))
         except Exception as exc:  # retried until it succeeds
             why = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
             log.warning(
