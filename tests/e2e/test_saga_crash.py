@@ -6,11 +6,7 @@ effect twice (checked against the payment ledger and the stock)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,49 +19,7 @@ from ordermesh.auth import Tokens
 from ordermesh.client.inventory import InventoryClient
 from ordermesh.client.payments import PaymentsClient
 from ordermesh.config import Settings
-from tests.helpers import free_port, start_service
-
-BIN = Path(sys.executable).parent / "ordermesh"
-HTTP = {
-    "orders": "HTTP_PORT",
-    "payments": "PAYMENTS_HTTP_PORT",
-    "inventory": "INVENTORY_HTTP_PORT",
-    "shipping": "SHIPPING_HTTP_PORT",
-}
-PORTS = [*HTTP.values(), "GRPC_PORT", "PAYMENTS_GRPC_PORT", "INVENTORY_GRPC_PORT", "NOTIFICATIONS_HTTP_PORT"]
-
-
-class Fleet:
-    """The four services a saga needs, each its own process, sharing the data dir's broker."""
-
-    def __init__(self, data: Path) -> None:
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("ORDERMESH_")},
-            "ORDERMESH_DATA_DIR": str(data),
-            "ORDERMESH_SAGA_DEADLINE": "60",
-            **{f"ORDERMESH_{p}": str(free_port()) for p in PORTS},
-        }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs = data.parent
-
-    def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.env['ORDERMESH_' + HTTP[service]]}"
-
-    def start(self, service: str, **extra: str) -> subprocess.Popen[bytes]:
-        port = self.env["ORDERMESH_" + HTTP[service]]
-        proc = start_service(service, {**self.env, **extra}, port, self.logs / f"{service}.log")
-        self.procs[service] = proc
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(20)
-            if proc.poll() is None:
-                proc.kill()
+from tests.helpers import Fleet
 
 
 @pytest.fixture
