@@ -16,7 +16,17 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bench import aggregate_load, appends, grpc_orders, http_orders, messaging, pagination, replay, sagas
+from bench import (
+    aggregate_load,
+    appends,
+    grpc_orders,
+    http_orders,
+    messaging,
+    pagination,
+    replay,
+    resilience,
+    sagas,
+)
 from bench.common import Figure
 from ordermesh.tuning import describe, tune_gc
 
@@ -29,6 +39,7 @@ BENCHMARKS: dict[str, Callable[[], Coroutine[Any, Any, list[Figure]]]] = {
     "messaging": messaging.run,
     "pagination": pagination.run,
     "sagas": sagas.run,
+    "resilience": resilience.run,
 }
 
 

@@ -4,8 +4,10 @@ own APIs afterwards: every order the demo placed has ended, money and stock add 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,3 +123,40 @@ def test_an_order_that_did_not_end_fails_the_summary_and_is_named() -> None:
     assert "2 of 4 orders did not end" in text
     assert "o-3  paid at stock (retrying)" in text and "o-4  cancelled" in text
     assert summarize(rows[:2], console) == 0
+
+
+def test_with_payments_failing_the_demo_shows_the_breaker_open_and_the_parked_orders_complete_after(
+    system: tuple[str, dict[str, str]],
+) -> None:
+    """The issue's walk-through: faults set on payments, the demo sees its breaker open, orders
+    parked and reads unharmed; faults cleared, every parked order ends, money and stock add up."""
+    url, env = system
+    cli = lambda *args: subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=30)  # noqa: E731
+    assert cli("faults", "set", "payments", "--error-rate", "1").returncode == 0
+    done = demo(env, "--orders", "6")
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "payments OPEN" in out and re.search(r"^parked: 6  p50 ", out, re.MULTILINE), out
+    assert re.search(r"order reads while it ran: [1-9]\d* answered, 0 failed", out), out
+    shown = cli("breakers", "--json")
+    assert shown.returncode == 0, shown.stderr
+    payments = next(row for row in json.loads(shown.stdout) if row.get("downstream") == "payments")
+    assert payments["state"] in ("open", "half_open") and payments["opened"] >= 1
+
+    cleared = cli("faults", "clear")
+    assert cleared.returncode == 0 and "payments: faults cleared" in cleared.stdout
+    tokens = Tokens(Settings.from_env(env))
+    users = sorted(set(re.findall(r"demo-[0-9a-f]{6}-\d+", out)))
+    deadline = time.monotonic() + 60
+    while True:
+        orders: list[dict[str, Any]] = []
+        for user in users:
+            headers = {"Authorization": f"Bearer {tokens.issue(user)}"}
+            answer = requests.get(f"{url}/api/users/{user}/orders", headers=headers, timeout=5)
+            orders += answer.json()["orders"]
+        if len(orders) == 6 and all(o["status"] in ("shipped", "cancelled") for o in orders):
+            break
+        assert time.monotonic() < deadline, orders
+        time.sleep(0.2)  # other processes' sagas: nothing to wait on but polling
+    assert sum(o["status"] == "shipped" for o in orders) == 4  # the declined and the short one cancel
+    asyncio.run(_check_money_and_stock(env, tokens, orders))

@@ -88,6 +88,22 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+async def _wal(conn: aiosqlite.Connection, patience: float = 10.0) -> None:
+    """``journal_mode=WAL``, again while the file is locked: processes opening one new file at
+    once (``ordermesh up``'s services on the embedded broker) race to convert it, and SQLite
+    answers "database is locked" at once to some of them, without waiting on the busy timeout."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + patience
+    while True:
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or loop.time() >= give_up:
+                raise
+        await asyncio.sleep(0.05)
+
+
 class SqliteDb:
     dialect: Dialect = "sqlite"
 
@@ -115,9 +131,9 @@ class SqliteDb:
         conns = []
         for _ in range(2):
             conn = await aiosqlite.connect(path, isolation_level=None)
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute(f"PRAGMA synchronous={synchronous}")
             await conn.execute("PRAGMA busy_timeout=10000")
+            await _wal(conn)
+            await conn.execute(f"PRAGMA synchronous={synchronous}")
             await conn.execute("PRAGMA foreign_keys=ON")
             conns.append(conn)
         inline = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

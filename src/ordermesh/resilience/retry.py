@@ -119,6 +119,31 @@ async def call_with_retries(
         if policy.attempts == 1 or not is_retryable(exc):
             raise
         first: Exception = exc
+    return await retry_after(
+        first,
+        attempt,
+        policy,
+        deadline=deadline,
+        budget=budget,
+        is_retryable=is_retryable,
+        on_retry=on_retry,
+        now=now,
+    )
+
+
+async def retry_after(
+    first: Exception,
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    deadline: float | None = None,
+    budget: RetryBudget | None = None,
+    is_retryable: Callable[[BaseException], bool] = retryable,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+    now: Now = time.monotonic,
+) -> T:
+    """The retries of :func:`call_with_retries`, once its first attempt failed with ``first``
+    (a caller that made the first attempt itself, like ``policy.Guard``, enters here)."""
     retries = 0
 
     def again(exc: Exception) -> bool | float:
@@ -156,4 +181,4 @@ async def _sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-__all__ = ["RetryBudget", "RetryPolicy", "call_with_retries", "retryable"]
+__all__ = ["RetryBudget", "RetryPolicy", "call_with_retries", "retry_after", "retryable"]
