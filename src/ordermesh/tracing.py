@@ -90,6 +90,13 @@ def event_metadata() -> dict[str, str]:
     return {"traceparent": tp, "tracestate": state} if state else {"traceparent": tp}
 
 
+def current_ids() -> tuple[str, str]:
+    """The current trace id and span id, as hex ("", "" outside a trace): what log lines carry."""
+    tp = _current.get()
+    trace = trace_id(tp)
+    return (trace, span_id(tp) or "") if trace else ("", "")
+
+
 class TraceLogFilter(logging.Filter):
     """Sets ``record.trace_id`` and ``record.span_id`` from the current context ("" outside a
     trace). Add it to a *handler*: a logger's filters do not see records from its children."""
