@@ -21,6 +21,12 @@
    ``publish`` call and in batches of 50, one subscription with prefetch 64; throughput from the
    first publish to the last handled message, and p99 publish→handle latency. For scale the same
    workload runs once through ``RabbitBroker`` (the "peer" column: a server, not a file).
+4. The fast path against aiormq's stock path (``fast_path=False``: what aiormq and pamqp
+   versions the fast path was not verified on get), ``RabbitBroker`` on both sides: publish
+   alone (N messages in batches of 500 handed over at once, confirm window 500, into a bound
+   queue nobody consumes; timed until the last confirm), then the consumer alone on the queue
+   that filled (prefetch 500, the ``SqlInbox`` as above; timed from subscribing until all are
+   handled), and end to end as in 1. The "ours" column is the fast path, "peer" the stock one.
 
 Each side runs twice, alternating; the best round of each counts. Names carry a unique prefix
 and the RabbitMQ topology is deleted afterwards.
@@ -101,13 +107,21 @@ async def _seed_store(path: str) -> SqlEventStore:
     return store
 
 
-async def _ours_e2e(tmp: str) -> float:
+async def _open(prefix: str, *, fast: bool = True) -> RabbitBroker:
+    broker = await RabbitBroker.open(amqp_url(), prefix=prefix, confirm_window=WINDOW, fast_path=fast)
+    if broker.fast_path is not fast:
+        await broker.close()
+        raise SystemExit("the RabbitMQ fast path is not verified on the installed aiormq/pamqp (fastpath.py)")
+    return broker
+
+
+async def _ours_e2e(tmp: str, fast: bool = True) -> float:
     tag = uuid.uuid4().hex[:8]
     store = await _seed_store(os.path.join(tmp, f"events-{tag}.db"))
     inbox_db = await connect(f"sqlite:///{os.path.join(tmp, f'inbox-{tag}.db')}")
     inbox = await SqlInbox.open(inbox_db, "bench")
     checkpoints = await SqlCheckpoints.open(store.db)
-    broker = await RabbitBroker.open(amqp_url(), prefix=_prefix(), confirm_window=WINDOW)
+    broker = await _open(_prefix(), fast=fast)
     try:
         handled = 0
         done = asyncio.Event()
@@ -272,7 +286,7 @@ async def _drop(prefix: str, queue: str) -> None:
 
 async def _ours_consume(tmp: str) -> float:
     prefix = _prefix()
-    broker = await RabbitBroker.open(amqp_url(), prefix=prefix)
+    broker = await _open(prefix)
     inbox_db = await connect(f"sqlite:///{os.path.join(tmp, f'inbox-{uuid.uuid4().hex[:8]}.db')}")
     try:
         inbox = await SqlInbox.open(inbox_db, "bench")
@@ -404,12 +418,85 @@ async def _embedded(tmp: str, batch: int) -> tuple[float, float]:
 
 
 async def _rabbit(batch: int) -> tuple[float, float]:
-    broker = await RabbitBroker.open(amqp_url(), prefix=_prefix(), confirm_window=WINDOW)
+    broker = await _open(_prefix())
     try:
         return await _publish_handle(broker, batch)
     finally:
         await broker.delete_topology()
         await broker.close()
+
+
+# ----------------------------------------------------------- 4. fast path vs aiormq's stock path
+
+
+async def _wire(tmp: str, fast: bool) -> tuple[float, float]:
+    """Publish alone, then consume alone, on one wire: (published, consumed) msg/s."""
+    broker = await _open(_prefix(), fast=fast)
+    inbox_db = await connect(f"sqlite:///{os.path.join(tmp, f'inbox-{uuid.uuid4().hex[:8]}.db')}")
+    try:
+        inbox = await SqlInbox.open(inbox_db, "bench")
+        parked = await broker.subscribe("bench.orders", "orders", ["order.*"], _ignore)
+        await parked.stop()  # declared and bound, nobody consuming: the publishes pile up in it
+        messages = [
+            Message(
+                "order.created",
+                orjson.dumps(event_data(i)),
+                type="order.created",
+                correlation_id=f"order-{i:08d}",
+                causation_id=f"event-{i:08d}",
+            )
+            for i in range(N)
+        ]
+        start = time.perf_counter()
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(broker.publish("orders", messages[i : i + WINDOW]) for i in range(0, N, WINDOW))
+            ),
+            TIMEOUT,
+        )
+        published = N / (time.perf_counter() - start)
+        handled = 0
+        done = asyncio.Event()
+
+        async def effect(tx: object) -> None:
+            return None
+
+        async def handle(delivery: Delivery) -> None:
+            nonlocal handled
+            if await inbox.once(delivery.message.message_id, effect):
+                handled += 1
+                if handled == N:
+                    done.set()
+
+        start = time.perf_counter()
+        await broker.subscribe("bench.orders", "orders", ["order.*"], handle, prefetch=WINDOW)
+        await asyncio.wait_for(done.wait(), TIMEOUT)
+        return published, N / (time.perf_counter() - start)
+    finally:
+        await broker.delete_topology()
+        await broker.close()
+        await inbox_db.close()
+
+
+async def _wires(tmp: str) -> list[Figure]:
+    runs: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+    for _ in range(ROUNDS):  # alternating, as everywhere here
+        for fast in (True, False):
+            published, consumed = await _wire(tmp, fast)
+            runs[fast].append((published, consumed, await _ours_e2e(tmp, fast)))
+    cases = ("publish alone, confirms", "consumer alone + SQLite inbox", "outbox→RabbitMQ→inbox")
+    figures = [
+        Figure(
+            f"{case}, {N:,} msgs",
+            max(r[n] for r in runs[True]),
+            max(r[n] for r in runs[False]),
+            "msg/s",
+            "stock aiormq path",
+        )
+        for n, case in enumerate(cases)
+    ]
+    print_figures(f"RabbitBroker, fast path vs aiormq's stock path (best of {ROUNDS} rounds each)", figures)
+    return figures
 
 
 # ------------------------------------------------------------------------------------- run
@@ -484,4 +571,5 @@ async def run() -> list[Figure]:
             "(best of 2, RabbitBroker 1 round; latency: lower is better)",
             embedded,
         )
-    return figures + embedded
+        wires = await _wires(tmp)
+    return figures + embedded + wires

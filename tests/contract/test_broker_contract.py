@@ -1,17 +1,50 @@
-"""The broker contract: every adapter (memory, RabbitMQ, …) must pass every test here."""
+"""The broker contract: every adapter (memory, RabbitMQ, …) must pass every test here.
+
+RabbitMQ runs it twice: on the fast path and on aiormq's stock path (``?fast_path=0``), the one
+every aiormq 7 / pamqp 4 the fast path was not verified on gets.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
 from ordermesh.messaging import Broker, open_broker
 from ordermesh.messaging.ordering import in_order
 from ordermesh.messaging.port import DeadLetter, Delivery, Message, PermanentError, RetryPolicy, Unroutable
+from ordermesh.messaging.rabbitmq import fastpath
+from tests.conftest import AMQP_URL, in_ci, require_rabbitmq
 
 FAST = RetryPolicy(max_attempts=3, initial=0.05, multiplier=2.0, maximum=0.2)
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("amqp-fast", marks=pytest.mark.rabbitmq),
+        pytest.param("amqp-stock", marks=pytest.mark.rabbitmq),
+    ]
+)
+def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One URL per adapter (RabbitMQ: one per wire); SQLite a fresh file, RabbitMQ a fresh name
+    prefix per test. Here rather than conftest's: only this suite runs on both wires."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/broker.db"
+    require_rabbitmq()
+    if request.param == "amqp-fast" and (off := fastpath.unverified(fastpath.installed_versions())):
+        message = f"the RabbitMQ fast path is not verified on {', '.join(off)}: see fastpath.VERIFIED"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    switch = "1" if request.param == "amqp-fast" else "0"
+    return f"{AMQP_URL}?prefix=t{uuid.uuid4().hex[:10]}.&fast_path={switch}"
 
 
 @pytest.fixture

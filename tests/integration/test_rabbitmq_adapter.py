@@ -1,7 +1,9 @@
 """The RabbitMQ adapter against a real RabbitMQ: what the shared contract cannot see (legacy
-publishers, AMQP properties, topology arguments, prefetch, quorum queues).
+publishers, AMQP properties, topology arguments, prefetch, quorum queues, a dropped connection).
 
-Outside CI a missing RabbitMQ skips these tests; under CI=true it fails, saying how to start it.
+Every test that talks to the server runs on both wires (``fast``: the fast path; ``stock``:
+aiormq's own path, what unverified aiormq/pamqp versions get). Outside CI a missing RabbitMQ
+(or a fast path not verified on the installed versions) skips; under CI=true it fails.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from ordermesh.errors import NotFound
+from ordermesh.messaging import open_broker
 from ordermesh.messaging.port import (
     H_ATTEMPT,
     H_DEAD_AT,
@@ -37,8 +40,8 @@ from ordermesh.messaging.port import (
     RetryPolicy,
     Unroutable,
 )
-from ordermesh.messaging.rabbitmq import RabbitBroker, derived_message_id, frames
-from tests.conftest import AMQP_URL, require_rabbitmq
+from ordermesh.messaging.rabbitmq import RabbitBroker, derived_message_id, fastpath
+from tests.conftest import AMQP_URL, in_ci, require_rabbitmq
 
 FAST = RetryPolicy(max_attempts=3, initial=0.05, multiplier=2.0, maximum=0.2)
 WAIT = 10.0  # seconds: the ceiling of every event-driven wait
@@ -58,9 +61,24 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}."
 
 
+@pytest.fixture(params=["fast", "stock"])
+def fast(request: pytest.FixtureRequest) -> bool:
+    """The wire: True for the fast path, False for aiormq's stock path."""
+    if request.param == "stock":
+        return False
+    off = fastpath.unverified(fastpath.installed_versions())
+    if off:
+        message = f"the RabbitMQ fast path is not verified on {', '.join(off)}: see fastpath.VERIFIED"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return True
+
+
 @pytest.fixture
-async def broker(amqp_url: str, prefix: str) -> AsyncIterator[RabbitBroker]:
-    b = await RabbitBroker.open(amqp_url, prefix=prefix)
+async def broker(amqp_url: str, prefix: str, fast: bool) -> AsyncIterator[RabbitBroker]:
+    b = await RabbitBroker.open(amqp_url, prefix=prefix, fast_path=fast)
+    assert b.fast_path is fast
     await b.declare_exchange("orders")
     yield b
     await b.delete_topology()
@@ -245,8 +263,8 @@ async def test_unroutable_publishes_raise(broker: RabbitBroker) -> None:
     await inbox.wait_for(2)
 
 
-async def test_pipelined_publishing_keeps_order(amqp_url: str, prefix: str) -> None:
-    broker = await RabbitBroker.open(amqp_url, prefix=prefix, confirm_window=50)
+async def test_pipelined_publishing_keeps_order(amqp_url: str, prefix: str, fast: bool) -> None:
+    broker = await RabbitBroker.open(amqp_url, prefix=prefix, confirm_window=50, fast_path=fast)
     try:
         inbox = Inbox()
         await broker.subscribe("q.order", "orders", ["#"], inbox, prefetch=1)
@@ -345,12 +363,12 @@ async def test_a_malformed_envelope_is_dead_lettered_without_calling_the_handler
 
 @pytest.mark.parametrize("quorum", [False, True], ids=["classic", "quorum"])
 async def test_reading_dead_letters_neither_loses_nor_reorders_them(
-    amqp_url: str, prefix: str, quorum: bool
+    amqp_url: str, prefix: str, quorum: bool, fast: bool
 ) -> None:
     def reject(d: Delivery) -> None:
         raise PermanentError("no")
 
-    broker = await RabbitBroker.open(amqp_url, prefix=prefix, quorum=quorum)
+    broker = await RabbitBroker.open(amqp_url, prefix=prefix, quorum=quorum, fast_path=fast)
     try:
         await broker.subscribe("q.many", "orders", ["order.created"], Inbox(reject), prefetch=1)
         sent = [Message.json("order.created", {"n": i}) for i in range(8)]
@@ -465,8 +483,10 @@ async def test_a_message_delivered_before_without_ack_is_flagged_redelivered(
     assert got.redelivered
 
 
-async def test_quorum_queues(amqp_url: str, prefix: str, raw: aio_pika.abc.AbstractConnection) -> None:
-    broker = await RabbitBroker.open(amqp_url, prefix=prefix, quorum=True)
+async def test_quorum_queues(
+    amqp_url: str, prefix: str, raw: aio_pika.abc.AbstractConnection, fast: bool
+) -> None:
+    broker = await RabbitBroker.open(amqp_url, prefix=prefix, quorum=True, fast_path=fast)
     try:
 
         def fail_once(d: Delivery) -> None:
@@ -495,9 +515,9 @@ async def test_quorum_queues(amqp_url: str, prefix: str, raw: aio_pika.abc.Abstr
 
 
 async def test_delete_topology_removes_every_queue_and_exchange(
-    amqp_url: str, prefix: str, raw: aio_pika.abc.AbstractConnection
+    amqp_url: str, prefix: str, raw: aio_pika.abc.AbstractConnection, fast: bool
 ) -> None:
-    broker = await RabbitBroker.open(amqp_url, prefix=prefix)
+    broker = await RabbitBroker.open(amqp_url, prefix=prefix, fast_path=fast)
     await broker.subscribe("q.gone", "orders", ["#"], Inbox(), retry=FAST)
     await broker.delete_topology()
     await broker.close()
@@ -536,21 +556,34 @@ def _close_connections_named(name: str) -> int:
     return len(pids)
 
 
+def watch_frame_readers(monkeypatch: pytest.MonkeyPatch, fast: bool) -> list[Any]:
+    """The frame readers of every aiormq connection opened from now on (reopened ones included)."""
+    fastpath.install(fast)  # the fast wire puts its per-connection chooser in place: wrap that
+    make = aiormq.connection.FrameReceiver
+    readers: list[Any] = []
+
+    def watched(reader: Any) -> Any:
+        readers.append(make(reader))
+        return readers[-1]
+
+    monkeypatch.setattr(aiormq.connection, "FrameReceiver", watched)
+    return readers
+
+
+def reader_modules(readers: list[Any]) -> set[str]:
+    return {type(r).__module__ for r in readers}
+
+
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl to drop connections")
 async def test_a_consumer_and_publisher_survive_a_dropped_connection(
-    amqp_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+    amqp_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, fast: bool
 ) -> None:
-    readers: list[frames.FastFrameReceiver] = []
-
-    class Counted(frames.FastFrameReceiver):
-        def __init__(self, reader: Any) -> None:
-            super().__init__(reader)
-            readers.append(self)
-
-    monkeypatch.setattr(frames, "FastFrameReceiver", Counted)
-    broker = await RabbitBroker.open(f"{amqp_url}?reconnect_interval=0.2", prefix=prefix)
+    readers = watch_frame_readers(monkeypatch, fast)
+    # One wire per connection, even across reconnects: the fast reader, or aiormq's own.
+    expected = {"ordermesh.messaging.rabbitmq.frames" if fast else "aiormq.connection"}
+    broker = await RabbitBroker.open(f"{amqp_url}?reconnect_interval=0.2", prefix=prefix, fast_path=fast)
     try:
-        assert len(readers) == 1  # our connection reads with the fast frame reader
+        assert len(readers) == 1 and reader_modules(readers) == expected
         inbox = Inbox()
         await broker.subscribe("q.reconnect", "orders", ["order.created"], inbox)
         await broker.publish("orders", [Message.json("order.created", {"n": 1})])
@@ -568,7 +601,7 @@ async def test_a_consumer_and_publisher_survive_a_dropped_connection(
                 await asyncio.sleep(0.1)
         got = await inbox.wait_for(2)
         assert [d.message.payload()["n"] for d in got] == [1, 2]  # consuming resumed, nothing lost
-        assert len(readers) == 2  # and so does the connection aio-pika reopened
+        assert len(readers) == 2 and reader_modules(readers) == expected  # the reopened connection too
         assert broker.connected  # (aio-pika reconnects at once: the gap is too short to watch)
     finally:
         await broker.delete_topology()
@@ -576,9 +609,9 @@ async def test_a_consumer_and_publisher_survive_a_dropped_connection(
 
 
 async def test_a_quorum_queue_dead_letters_a_message_that_keeps_killing_its_consumer(
-    amqp_url: str, prefix: str, raw: aio_pika.abc.AbstractConnection
+    amqp_url: str, prefix: str, raw: aio_pika.abc.AbstractConnection, fast: bool
 ) -> None:
-    broker = await RabbitBroker.open(amqp_url, prefix=prefix, quorum=True, delivery_limit=2)
+    broker = await RabbitBroker.open(amqp_url, prefix=prefix, quorum=True, delivery_limit=2, fast_path=fast)
     try:
         sub = await broker.subscribe("q.crashy", "orders", ["order.*"], Inbox())
         await sub.stop()  # a consumer that dies before acking, played by hand below
@@ -605,3 +638,97 @@ async def test_a_quorum_queue_dead_letters_a_message_that_keeps_killing_its_cons
     finally:
         await broker.delete_topology()
         await broker.close()
+
+
+# --- the wires ---------------------------------------------------------------------------------
+
+
+async def round_trip(broker: RabbitBroker) -> None:
+    """Publish, consume, retry once, dead-letter one: every road a message takes."""
+
+    def fail(d: Delivery) -> None:
+        if d.message.payload()["id"] == "poison":
+            raise PermanentError("poison")
+        if d.attempt == 1:
+            raise RuntimeError("once")
+
+    inbox = Inbox(fail)
+    await broker.subscribe("q.trip", "orders", ["order.*"], inbox, retry=FAST)
+    await broker.publish("orders", [Message.json("order.created", {"id": i}) for i in ("ok", "poison")])
+    (letter,) = await wait_dead(broker, "q.trip", 1)
+    assert letter.error == "PermanentError: poison"
+    await inbox.wait_for(3)  # ok twice (retried once), poison once
+    assert sorted((d.message.payload()["id"], d.attempt) for d in inbox.got) == [
+        ("ok", 1),
+        ("ok", 2),
+        ("poison", 1),
+    ]
+
+
+async def test_each_wire_runs_its_own_pieces_alone(
+    amqp_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    from ordermesh.messaging.rabbitmq import frames, properties, publisher, tap
+
+    calls: dict[str, int] = {}
+
+    def counted(owner: Any, name: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] = calls.get(name, 0) + 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+    counted(frames, "split_frames")  # the frame reader
+    counted(tap.DeliveryTap, "_complete")  # a tapped delivery
+    counted(publisher, "publish_frames")  # the publish pipeline
+    counted(properties.WireProperties, "marshal")
+    readers = watch_frame_readers(monkeypatch, fast)
+    broker = await RabbitBroker.open(amqp_url, prefix=prefix, fast_path=fast)
+    try:
+        await broker.declare_exchange("orders")
+        await round_trip(broker)
+    finally:
+        await broker.delete_topology()
+        await broker.close()
+    if fast:
+        assert set(calls) == {"split_frames", "_complete", "publish_frames", "marshal"}
+    else:  # nothing of the fast path runs: aiormq's reader, aiormq's publish, pamqp's properties
+        assert calls == {} and reader_modules(readers) == {"aiormq.connection"}
+
+
+async def test_the_url_switch_wins_over_the_argument(amqp_url: str, prefix: str) -> None:
+    broker = await open_broker(f"{amqp_url}?prefix={prefix}&fast_path=0&reconnect_interval=0.2")
+    try:
+        assert isinstance(broker, RabbitBroker) and broker.fast_path is False
+        await broker.declare_exchange("orders")
+        await round_trip(broker)
+    finally:
+        await broker.delete_topology()
+        await broker.close()
+    stock = await RabbitBroker.open(f"{amqp_url}?fast_path=0", prefix=prefix, fast_path=True)
+    await stock.close()
+    assert stock.fast_path is False
+
+
+async def test_unverified_versions_run_on_the_stock_path_with_one_warning(
+    amqp_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    newer = {"aiormq": "7.99.0", "pamqp": "4.0.1"}
+    monkeypatch.setattr(fastpath, "installed_versions", lambda: dict(newer))
+    fastpath._warned.discard(tuple(sorted(newer.items())))
+    with caplog.at_level("WARNING", "ordermesh.messaging.rabbitmq"):
+        first = await RabbitBroker.open(amqp_url, prefix=prefix)
+        second = await RabbitBroker.open(amqp_url, prefix=f"{prefix}2.")
+        await second.close()
+        try:
+            assert first.fast_path is False and second.fast_path is False
+            await first.declare_exchange("orders")
+            await round_trip(first)
+        finally:
+            await first.delete_topology()
+            await first.close()
+    off = [r.getMessage() for r in caplog.records if "fast path off" in r.getMessage()]
+    assert len(off) == 1 and "aiormq 7.99.0 (verified on 7.2.x)" in off[0]

@@ -1,5 +1,8 @@
 """A connection lost in the middle of the traffic: nothing is lost, on the publishing side (the
-relay's pipelined confirms) nor on the consuming side (tapped deliveries, coalesced acks)."""
+relay's pipelined confirms) nor on the consuming side (tapped deliveries, coalesced acks). On
+both wires: the fast path, and aiormq's stock path (its own reader, publish and task per
+delivery, under the same coalesced acks).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import aiormq
 import pytest
 
 from ordermesh.db import connect
@@ -14,9 +18,9 @@ from ordermesh.eventstore import NewEvent, SqlEventStore
 from ordermesh.eventstore.model import StoredEvent
 from ordermesh.eventstore.subscription import SqlCheckpoints
 from ordermesh.messaging.port import Delivery, Message
-from ordermesh.messaging.rabbitmq import RabbitBroker, frames
+from ordermesh.messaging.rabbitmq import RabbitBroker, fastpath
 from ordermesh.messaging.relay import OutboxRelay
-from tests.conftest import AMQP_URL, require_rabbitmq
+from tests.conftest import AMQP_URL, in_ci, require_rabbitmq
 
 N = 3_000
 WAIT = 60.0
@@ -26,18 +30,25 @@ async def _translate(event: StoredEvent) -> Message:
     return Message(routing_key="order.created", body=b'{"n":%d}' % event.data["n"], message_id=event.event_id)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "stock"])
 async def test_a_connection_lost_mid_traffic_loses_no_message(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast: bool
 ) -> None:
     require_rabbitmq()
-    readers: list[Any] = []
+    if fast and (off := fastpath.unverified(fastpath.installed_versions())):
+        message = f"the RabbitMQ fast path is not verified on {', '.join(off)}: see fastpath.VERIFIED"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    fastpath.install(fast)  # the fast wire puts its per-connection reader chooser in place: wrap that
+    make = aiormq.connection.FrameReceiver
+    readers: list[Any] = []  # the stream reader of every connection, reopened ones included
 
-    class Watched(frames.FastFrameReceiver):
-        def __init__(self, reader: Any) -> None:
-            super().__init__(reader)
-            readers.append(reader)
+    def watched(reader: Any) -> Any:
+        readers.append(reader)
+        return make(reader)
 
-    monkeypatch.setattr(frames, "FastFrameReceiver", Watched)
+    monkeypatch.setattr(aiormq.connection, "FrameReceiver", watched)
     store = await SqlEventStore.open(await connect(f"sqlite:///{tmp_path / 'events.db'}"))
     for start in range(0, N, 500):
         await asyncio.gather(
@@ -47,7 +58,10 @@ async def test_a_connection_lost_mid_traffic_loses_no_message(
             )
         )
     prefix = f"chaos{id(store):x}."
-    broker = await RabbitBroker.open(f"{AMQP_URL}?reconnect_interval=0.2", prefix=prefix, confirm_window=200)
+    broker = await RabbitBroker.open(
+        f"{AMQP_URL}?reconnect_interval=0.2", prefix=prefix, confirm_window=200, fast_path=fast
+    )
+    assert broker.fast_path is fast
     seen: dict[str, int] = {}
     some, all_of_them = asyncio.Event(), asyncio.Event()
 

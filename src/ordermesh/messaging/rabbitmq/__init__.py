@@ -1,7 +1,10 @@
-"""The RabbitMQ adapter: ``broker`` (topology, publish, consume, dead letters), ``subscription``
-(one consumer), ``codec`` (the envelope in AMQP properties), ``acks`` (coalesced
-acknowledgements), and the hot path under aiormq: ``frames`` (reading), ``tap`` (deliveries),
-``publisher`` and ``properties`` (writing)."""
+"""The RabbitMQ adapter: ``broker`` (topology, publish, dead letters), ``subscription`` (one
+consumer and its deliveries: handler, retry, dead letter), ``publishing`` (confirmed publishes),
+``naming`` (the topology's names), ``codec`` (the envelope in AMQP properties), ``acks``
+(coalesced acknowledgements), ``wire`` (how a broker talks to aiormq; the stock path) and, behind
+one seam (``fastpath.install``), the fast path under aiormq: ``frames`` (reading), ``tap``
+(deliveries), ``publisher`` and ``properties`` (writing), imported only on the aiormq and pamqp
+versions they were verified on."""
 
 from ordermesh.messaging.rabbitmq.broker import HOW_TO_START, RabbitBroker
 from ordermesh.messaging.rabbitmq.codec import CONTENT_TYPE, derived_message_id

@@ -22,12 +22,15 @@ aio-pika owns the connection, the channels and the topology, and restores them a
 connection. Publishing, consuming and acknowledging go one layer down, to the aiormq channel
 under aio-pika's: aio-pika wraps every message in objects of its own and runs every delivery
 in a second task, which measured as a third of the CPU per message. A consumer re-registers
-itself on the new channel when aio-pika reopens one (``reopen_callbacks``). Under that,
-``frames``, ``tap`` and ``publisher`` take over aiormq's frame reading, its channel queue for
-deliveries and its ``basic_publish`` (each measured; their docstrings say by how much).
+itself on the new channel when aio-pika reopens one (``reopen_callbacks``). How the broker
+talks to aiormq is its ``Wire``, chosen at ``open`` by ``fastpath.install``: the fast path
+(``frames``, ``tap``, ``publisher``: aiormq's frame reading, its channel queue for deliveries
+and its ``basic_publish`` taken over, each measured) on the aiormq and pamqp versions it was
+verified on, aiormq's stock path otherwise or when switched off (``?fast_path=0``).
 
-Retries and dead letters are *copies* published (with confirms) to the delay or dead-letter
-queue before the original is acknowledged: a crash in between duplicates, never loses.
+Each subscription handles its own deliveries (``subscription``); retries and dead letters are
+*copies* published (with confirms) to the delay or dead-letter queue before the original is
+acknowledged: a crash in between duplicates, never loses.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -55,19 +57,17 @@ from ordermesh.messaging.port import (
     H_ERROR,
     BrokerUnavailable,
     DeadLetter,
-    Delivery,
     Handler,
     Message,
-    PermanentError,
     RetryPolicy,
     Unroutable,
 )
-from ordermesh.messaging.rabbitmq import codec
-from ordermesh.messaging.rabbitmq.acks import Acks
-from ordermesh.messaging.rabbitmq.frames import fast_frames
-from ordermesh.messaging.rabbitmq.publisher import Item, Pipeline
-from ordermesh.messaging.rabbitmq.subscription import CONNECTION_ERRORS as _CONNECTION_ERRORS
+from ordermesh.messaging.rabbitmq import codec, fastpath
+from ordermesh.messaging.rabbitmq.naming import Names
+from ordermesh.messaging.rabbitmq.publishing import CONNECTION_ERRORS as _CONNECTION_ERRORS
+from ordermesh.messaging.rabbitmq.publishing import Publishing
 from ordermesh.messaging.rabbitmq.subscription import RabbitSubscription
+from ordermesh.messaging.rabbitmq.wire import Wire
 
 log = logging.getLogger("ordermesh.messaging.rabbitmq")
 
@@ -126,22 +126,25 @@ class RabbitBroker:
         quorum: bool,
         confirm_window: int,
         delivery_limit: int = 20,
+        wire: Wire = fastpath.STOCK,
     ) -> None:
         self._connection = connection
         self._channel = channel  # publishing: publisher confirms, returns raise
         self._url = url
         self.prefix = prefix
+        self._names = Names(prefix)
         self._prefetch = prefetch
         self._quorum = quorum
         self._delivery_limit = delivery_limit
         self._confirm_window = max(1, confirm_window)
+        self._wire = wire
         self._topology = _Topology()
         self._exchanges: dict[str, AbstractExchange] = {}  # declared by this object
         self._known_exchanges: set[str] = set()  # full names checked to exist
         self._subscriptions: list[RabbitSubscription] = []
         self._dlq_lock = asyncio.Lock()
         # Confirms outstanding across every publish of this object (the channel's, not a call's).
-        self._pipeline = Pipeline(self._confirm_window)
+        self._publishing = Publishing(channel, wire.publisher(self._confirm_window))
 
     @classmethod
     async def open(
@@ -153,11 +156,16 @@ class RabbitBroker:
         quorum: bool = False,
         confirm_window: int = 500,
         delivery_limit: int = 20,
+        fast_path: bool = True,
     ) -> RabbitBroker:
+        """Connect. ``fast_path`` asks for the fast path (``fastpath``); ``?fast_path=0|1`` on
+        ``url`` overrides it."""
+        url, chosen = fastpath.from_url(url)
+        wire = fastpath.install(fast_path if chosen is None else chosen)
         try:
             # Named, so operators (and tests) can tell our connections apart in RabbitMQ.
             name = f"ordermesh {prefix}".strip()
-            with fast_frames():  # also for the reconnect loop this starts (it copies the context)
+            with wire.connecting():  # also for the reconnect loop this starts (it copies the context)
                 connection = await aio_pika.connect_robust(
                     url, timeout=5, client_properties={"connection_name": name}
                 )
@@ -184,25 +192,29 @@ class RabbitBroker:
             quorum=quorum,
             confirm_window=confirm_window,
             delivery_limit=delivery_limit,
+            wire=wire,
         )
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether this broker runs on the fast path (else on aiormq's stock path)."""
+        return self._wire.fast
 
     # --- names and declarations -------------------------------------------------------------
 
     def _name(self, name: str) -> str:
-        return f"{self.prefix}{name}"
+        return self._names.full(name)
 
     def _unprefixed(self, name: str) -> str:
-        return name[len(self.prefix) :] if self.prefix and name.startswith(self.prefix) else name
+        return self._names.unprefixed(name)
 
     def _dlq(self, queue: str) -> str:
-        return self._name(f"{queue}.dlq")
+        return self._names.dlq(queue)
 
     def _delay_queue(self, queue: str, delay_ms: int) -> str:
-        return self._name(f"{queue}.retry.{delay_ms}")
+        return self._names.delay_queue(queue, delay_ms)
 
-    @staticmethod
-    def _delay_ms(retry: RetryPolicy, attempt: int) -> int:
-        return max(1, round(retry.delay(attempt) * 1000))
+    _delay_ms = staticmethod(Names.delay_ms)  # asyncapi.py lists the delay queues with it
 
     def _queue_arguments(self, extra: Arguments = None) -> Arguments:
         arguments: dict[str, FieldValue] = {"x-queue-type": "quorum"} if self._quorum else {}
@@ -261,42 +273,15 @@ class RabbitBroker:
 
     # --- publishing -------------------------------------------------------------------------
 
-    async def _publish_pipelined(self, exchange: str, items: Sequence[Item]) -> list[str]:
-        """Publish in order with up to ``confirm_window`` confirms outstanding (``Pipeline``);
-        return the routing keys of returned (unroutable) messages, raise ``BrokerUnavailable``
-        on failures. Concurrent calls are written one after another, in call order."""
-        try:
-            confirmations = await self._pipeline.publish(self._publishing_channel, exchange, items)
-        except _CONNECTION_ERRORS as exc:
-            raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc!r}") from exc
-        results = await asyncio.gather(*(future for future, _key in confirmations), return_exceptions=True)
-        returned: list[str] = []
-        for result, (_future, key) in zip(results, confirmations, strict=True):
-            if isinstance(result, aiormq.exceptions.PublishError):
-                returned.append(key)
-            elif isinstance(result, aiormq.exceptions.DeliveryError):  # nack: the broker could not take it
-                raise BrokerUnavailable(f"RabbitMQ refused a message for {key!r}: {result}") from result
-            elif isinstance(result, asyncio.CancelledError):
-                raise result
-            elif isinstance(result, BaseException):
-                # Not confirmed, whatever the reason (a connection lost without a reason fails
-                # aiormq's futures with a bare ``Exception``): the caller must publish it again.
-                raise BrokerUnavailable(f"publishing to RabbitMQ failed: {result!r}") from result
-        return returned
-
-    async def _publishing_channel(self) -> aiormq.Channel:
-        channel = await self._channel.get_underlay_channel()
-        assert isinstance(channel, aiormq.Channel)  # the concrete one: the pipeline uses its bookkeeping
-        return channel
-
     async def publish(self, exchange: str, messages: Sequence[Message]) -> None:
         """Publish in order, pipelined (``confirm_window`` confirms in flight), and wait for every
         confirm. ``Unroutable`` names the messages no queue took; the others were published."""
         if not messages:
             return
         target = await self._existing_exchange(exchange)
-        returned = await self._publish_pipelined(
-            target, [(m.body, codec.encode(m), m.routing_key) for m in messages]
+        properties = self._wire.properties
+        returned = await self._publishing.publish(
+            target, [(m.body, codec.encode(m, properties), m.routing_key) for m in messages]
         )
         if returned:
             # On a topic exchange routability depends on the routing key alone.
@@ -306,12 +291,6 @@ class RabbitBroker:
                 f"(routing keys {sorted(keys)})",
                 [m.message_id for m in messages if m.routing_key in keys],
             )
-
-    async def _publish_copy(self, queue_name: str, body: bytes, properties: Basic.Properties) -> None:
-        """Publish to one queue through the default exchange and wait for the confirm."""
-        returned = await self._publish_pipelined("", [(body, properties, queue_name)])
-        if returned:
-            raise Unroutable(f"queue {queue_name!r} does not exist")
 
     # --- consuming --------------------------------------------------------------------------
 
@@ -349,78 +328,22 @@ class RabbitBroker:
             for key in binding_keys:
                 await consumer_queue.bind(source, routing_key=key)
             self._topology.consumer_queues.add(queue)
-            sub = RabbitSubscription(self, channel, queue, handler, retry)
+            sub = RabbitSubscription(
+                channel,
+                queue,
+                handler,
+                retry,
+                names=self._names,
+                wire=self._wire,
+                publishing=self._publishing,
+            )
             await sub.start()
         except _CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"declaring queue {queue!r}: {exc}") from exc
+        # Those stopped by their owners need no stopping at close.
+        self._subscriptions = [s for s in self._subscriptions if not s.stopping]
         self._subscriptions.append(sub)
         return sub
-
-    async def _handle(
-        self, queue: str, delivered: DeliveredMessage, acks: Acks, handler: Handler, retry: RetryPolicy
-    ) -> None:
-        tag = delivered.delivery_tag
-        assert tag is not None  # a consumer delivery always has one
-        try:
-            try:
-                decoded = codec.decode(delivered, self._unprefixed)
-            except codec.Malformed as exc:
-                lenient = codec.decode(delivered, self._unprefixed, strict=False)
-                await self._dead_letter(queue, delivered, lenient, f"malformed envelope: {exc}")
-                acks.ack(tag)
-                return
-            delivery = Delivery(
-                decoded.message, decoded.exchange, queue, decoded.attempt, bool(delivered.redelivered)
-            )
-            try:
-                await handler(delivery)
-            except PermanentError as exc:
-                await self._dead_letter(queue, delivered, decoded, f"{type(exc).__name__}: {exc}")
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                if decoded.attempt >= retry.max_attempts:
-                    await self._dead_letter(queue, delivered, decoded, error)
-                else:
-                    delay_queue = self._delay_queue(queue, self._delay_ms(retry, decoded.attempt))
-                    copy = codec.copy(
-                        delivered,
-                        decoded,
-                        {H_ATTEMPT: decoded.attempt + 1, H_ERROR: error[: codec.MAX_ERROR]},
-                    )
-                    await self._publish_copy(delay_queue, delivered.body, copy)
-            acks.ack(tag)
-        except Exception:
-            # The retry or dead-letter copy could not be published: leave the original with the
-            # broker, which delivers it again.
-            log.exception(
-                "queue %s: message %s left unacknowledged", queue, delivered.header.properties.message_id
-            )
-            await acks.nack(tag)
-
-    async def _dead_letter(
-        self, queue: str, delivered: DeliveredMessage, decoded: codec.Decoded, error: str
-    ) -> None:
-        copy = codec.copy(
-            delivered,
-            decoded,
-            {
-                H_ERROR: error[: codec.MAX_ERROR],
-                H_ATTEMPT: decoded.attempt,
-                H_DEAD_AT: datetime.now(UTC).isoformat(),
-            },
-        )
-        await self._publish_copy(self._dlq(queue), delivered.body, copy)
-        log.warning(
-            "queue %s: dead-lettered %s after %d attempt(s): %s",
-            queue,
-            copy.message_id,
-            decoded.attempt,
-            error,
-        )
-
-    def _forget(self, sub: RabbitSubscription) -> None:
-        with contextlib.suppress(ValueError):
-            self._subscriptions.remove(sub)
 
     # --- dead letters -----------------------------------------------------------------------
 
@@ -490,8 +413,10 @@ class RabbitBroker:
                     raw = await channel.get_underlay_channel()
                     if found is not None and found.delivery_tag is not None:
                         decoded = codec.decode(found, self._unprefixed, strict=False)
-                        copy = codec.copy(found, decoded, {H_ATTEMPT: 1}, drop=(H_ERROR, H_DEAD_AT))
-                        await self._publish_copy(self._name(queue), found.body, copy)
+                        copy = codec.copy(
+                            found, decoded, {H_ATTEMPT: 1}, (H_ERROR, H_DEAD_AT), self._wire.properties
+                        )
+                        await self._publishing.to_queue(self._name(queue), found.body, copy)
                         await raw.basic_ack(found.delivery_tag)
                     await _requeue(raw, [d for d in taken if d is not found])
             finally:
@@ -506,6 +431,7 @@ class RabbitBroker:
         """Stop consuming, then delete every queue and exchange this object declared."""
         for sub in list(self._subscriptions):
             await sub.stop()
+        self._subscriptions.clear()
         channel = await self._connection.channel(publisher_confirms=False)
         try:
             for name in reversed(self._topology.queues):

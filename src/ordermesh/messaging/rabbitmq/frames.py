@@ -10,11 +10,12 @@ heartbeats) are decoded by hand into the same pamqp objects, everything else (an
 fast path cannot read) by pamqp itself. ``tests/unit/test_rabbitmq_frames.py`` checks both
 paths give equal objects.
 
-Scope: only connections opened inside ``fast_frames()`` use it (``RabbitBroker.open`` does,
-and aio-pika's reconnect loop inherits the context), so other aiormq users in the process keep
+Scope: only connections opened inside ``fast_frames()`` use it (``RabbitBroker.open`` on the
+fast wire does, and aio-pika's reconnect loop inherits the context), so other aiormq users in the process keep
 the stock reader. The handshake still goes through the stock ``get_frame``; the reader takes
-over for the connection's frame loop (``__anext__``). Tied to aiormq 7.x and pamqp 4.x, which
-``pyproject.toml`` pins.
+over for the connection's frame loop (``__anext__``). Tied to aiormq's ``FrameReceiver`` and
+pamqp's frame classes: ``fastpath.install`` imports this module only on the minor versions it
+was verified on.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ _StockReceiver = aiormq.connection.FrameReceiver
 def fast_frames() -> Iterator[None]:
     """aiormq connections opened in this context (and reopened by tasks it starts) read with
     ``FastFrameReceiver``."""
-    _install()
+    install()
     token = _enabled.set(True)
     try:
         yield
@@ -78,10 +79,13 @@ def _receiver(reader: Any) -> aiormq.connection.FrameReceiver:
     return FastFrameReceiver(reader) if _enabled.get() else _StockReceiver(reader)
 
 
-def _install() -> None:
+def install() -> None:
+    """Put the per-connection chooser in place of aiormq's ``FrameReceiver`` (once)."""
     # aiormq builds its receiver by this module-level name in Connection.connect; the stand-in
-    # picks per connection, so outside fast_frames() nothing changes.
-    aiormq.connection.FrameReceiver = _receiver  # type: ignore[assignment,misc]
+    # picks per connection, so outside fast_frames() nothing changes. Only aiormq's own class is
+    # replaced: a wrapper someone put there since (a test watching connections) stays.
+    if aiormq.connection.FrameReceiver is _StockReceiver:
+        aiormq.connection.FrameReceiver = _receiver  # type: ignore[assignment,misc]
 
 
 class FastFrameReceiver(_StockReceiver):
@@ -281,4 +285,4 @@ def _table(data: bytes, at: int) -> tuple[dict[str, Any], int]:
     return table, stop
 
 
-__all__ = ["READ_SIZE", "FastFrameReceiver", "fast_frames", "split_frames"]
+__all__ = ["READ_SIZE", "FastFrameReceiver", "fast_frames", "install", "split_frames"]

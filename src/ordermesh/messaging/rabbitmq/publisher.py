@@ -14,7 +14,8 @@ header) and go to the connection's writer as one ``ChannelFrame``.
 Order: runs are written in call order (a FIFO lock around the whole call), messages in list
 order. At most ``window`` confirms are outstanding over every call; a message whose id is still
 in flight waits for it (aiormq maps returns to publishes by message id). Tied to aiormq 7.2's
-channel (bounded in ``pyproject.toml``; the broker contract suite runs on it).
+channel: ``fastpath.install`` uses it on the minor versions it was verified on alone (the broker
+contract suite runs on both this and ``wire.StockPublisher``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import aiormq
 from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 
-Item = tuple[bytes, Basic.Properties, str]  # body, properties, routing key
+from ordermesh.messaging.rabbitmq.wire import Item
 
 _FRAME = struct.Struct(">BHI")
 _PUBLISH = struct.Struct(">IH")  # method index (Basic.Publish), reserved
@@ -157,4 +158,4 @@ class Pipeline:
             del channel.message_id_delivery_tag[message_id]
 
 
-__all__ = ["Item", "Pipeline", "publish_frames"]
+__all__ = ["Pipeline", "publish_frames"]
