@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from ordermesh import catalog, tracing, tuning
+from ordermesh import catalog, logs, tuning
 from ordermesh.auth import Tokens
 from ordermesh.config import SERVICES, Settings, private_files, redact_urls
 from ordermesh.errors import OrdermeshError
@@ -86,7 +86,7 @@ def run_system(
     if grpc_port:
         overrides["grpc_port"] = grpc_port
     settings = settings.model_copy(update=overrides)
-    tracing.configure_logging()  # the supervisor's lines and the services', with the trace id
+    logs.configure(settings.log_format, service="supervisor")  # the children set up their own
     try:
         settings.check_exposure()
         check_ports(settings, [catalog.spec(name) for name in SERVICES])

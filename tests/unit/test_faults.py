@@ -18,6 +18,7 @@ from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
 
 from ordermesh.errors import ValidationError
+from ordermesh.http.access import AccessLog
 from ordermesh.http.app import create_app
 from ordermesh.http.faults import TRANSPORT, FaultInjection, install
 from ordermesh.http.metrics import MetricsMiddleware
@@ -365,7 +366,7 @@ def test_installed_inside_the_metrics_middleware() -> None:
     app = create_app("test", _ready)
     install(app, faults())
     layers: list[Any] = [m.cls for m in app.user_middleware]
-    assert layers[:3] == [MetricsMiddleware, FaultInjection, BodyLimits]  # counted, then faulted
+    assert layers[:4] == [MetricsMiddleware, AccessLog, FaultInjection, BodyLimits]  # seen first
 
 
 # --- gRPC -------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ordermesh.errors import ValidationError
+from ordermesh.http.access import AccessLog
 from ordermesh.http.metrics import MetricsMiddleware
 from ordermesh.problems import PROBLEM, problem_body, problem_for
 from ordermesh.resilience import deadline
@@ -89,11 +90,12 @@ async def _drop(scope: Scope, receive: Receive, send: Send, faults: Faults) -> N
 
 
 def install(app: Starlette, faults: Faults) -> None:
-    """Add :class:`FaultInjection` to ``app``, just inside its metrics middleware when it has
-    one (``http.app.create_app``'s), else outermost. Before the app first serves."""
+    """Add :class:`FaultInjection` to ``app``, just inside its metrics and access-log middleware
+    when it has them (``http.app.create_app``'s), else outermost. Before the app first serves."""
     layers = app.user_middleware
-    metrics = [i for i, layer in enumerate(layers) if getattr(layer, "cls", None) is MetricsMiddleware]
-    at = metrics[0] + 1 if metrics else 0
+    outer = (MetricsMiddleware, AccessLog)  # a faulted answer is counted and logged like any
+    metrics = [i for i, layer in enumerate(layers) if getattr(layer, "cls", None) in outer]
+    at = metrics[-1] + 1 if metrics else 0
     layers.insert(at, Middleware(FaultInjection, faults=faults))
 
 

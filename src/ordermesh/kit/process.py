@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Mapping
 
-from ordermesh import tracing, tuning
+from ordermesh import logs, tuning
 from ordermesh.config import Settings, load, private_files, redact_urls
 from ordermesh.errors import OrdermeshError
 from ordermesh.kit.runtime import ServiceSpec, started
@@ -88,7 +88,7 @@ def main(spec: ServiceSpec, env: Mapping[str, str] | None = None) -> int:
     except OrdermeshError as exc:
         print(f"{spec.name}: {redact_urls(str(exc))}", file=sys.stderr)
         return 1
-    tracing.configure_logging()
+    logs.configure(settings.log_format, service=spec.name)
     private_files(settings.data_dir)
     parent = int(source.get(PARENT_PID) or 0)
     if parent:

@@ -23,6 +23,7 @@ from ordermesh.config import ENV_PREFIX, Settings, client_host
 from ordermesh.kit.listeners import bind
 from ordermesh.kit.process import PARENT_PID
 from ordermesh.kit.runtime import ServiceSpec
+from ordermesh.kit.spawn import Spawned, spawn
 
 log = logging.getLogger("ordermesh.up")
 
@@ -33,7 +34,7 @@ BACKOFF_START, BACKOFF_MAX, STEADY_AFTER = 1.0, 30.0, 60.0
 class Child:
     spec: ServiceSpec
     settings: Settings
-    process: asyncio.subprocess.Process | None = None
+    process: Spawned | None = None
     restarts: int = 0
     state: str = "starting"
     exited: list[int] = field(default_factory=list)  # exit codes, newest last
@@ -107,9 +108,8 @@ async def _keep_running(child: Child, env: Mapping[str, str], stopping: asyncio.
     loop = asyncio.get_running_loop()
     while not stopping.is_set():
         began = loop.time()
-        child.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ordermesh", "run", child.name, env=dict(env), start_new_session=True
-        )
+        # posix_spawn, not uvloop's fork(): see kit/spawn.py (gRPC's fork warning)
+        child.process = spawn([sys.executable, "-m", "ordermesh", "run", child.name], env)
         code = await child.process.wait()
         if stopping.is_set():
             child.state = f"stopped ({code})"

@@ -138,6 +138,25 @@ def _message(row: Row, at: int) -> Message:
     )
 
 
+def _dead_lettered(queue: str, message: Message, attempts: int, error: str) -> None:
+    """The line every adapter writes for a dead letter, in the RabbitMQ adapter's words (one search
+    finds them on any broker); its order is the message's correlation id, as ordermesh sets it."""
+    log.warning(
+        "queue %s: dead-lettered %s after %d attempt(s): %s",
+        queue,
+        message.message_id,
+        attempts,
+        error,
+        extra={
+            "order_id": message.correlation_id or "",
+            "message_id": message.message_id,
+            "routing_key": message.routing_key,
+            "queue": queue,
+            "attempts": attempts,
+        },
+    )
+
+
 def _envelope(exchange: str, message: Message) -> tuple[Any, ...]:
     return (
         message.message_id,
@@ -243,14 +262,8 @@ class EmbeddedSubscription:
                 )
         for row in sorted(rows, key=lambda r: int(r[0])):
             if int(row[2]) > limit + 1:
-                log.warning(
-                    "embedded broker: %s dead-lettered from %s: delivered %d times without an ack "
-                    "(delivery limit %d)",
-                    row[3],
-                    self.queue,
-                    int(row[2]) - 1,
-                    limit,
-                )
+                why = f"delivered {int(row[2]) - 1} times without an ack (delivery limit {limit})"
+                _dead_lettered(self.queue, _message(row, 3), int(row[1]), why)
                 continue
             delivery = Delivery(
                 _message(row, 3),
@@ -303,10 +316,10 @@ class EmbeddedSubscription:
         except asyncio.CancelledError:
             raise
         except PermanentError as exc:
-            await self._dead(seq, exc)
+            await self._dead(seq, delivery, exc)
         except Exception as exc:
             if delivery.attempt >= self._retry.max_attempts:
-                await self._dead(seq, exc)
+                await self._dead(seq, delivery, exc)
             else:
                 await self._db.execute(
                     """UPDATE mq_messages
@@ -347,7 +360,7 @@ class EmbeddedSubscription:
                     if not done.done():
                         done.set_result(None)
 
-    async def _dead(self, seq: int, exc: BaseException) -> None:
+    async def _dead(self, seq: int, delivery: Delivery, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
         async with self._db.transaction() as tx:
             await tx.execute(
@@ -360,6 +373,7 @@ class EmbeddedSubscription:
                 self._token,
             )
             await tx.execute("DELETE FROM mq_messages WHERE seq = $1 AND lease_token = $2", seq, self._token)
+        _dead_lettered(self.queue, delivery.message, delivery.attempt, error)
 
     # --- stopping ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -20,6 +21,8 @@ from ordermesh.messaging.port import (
     Unroutable,
 )
 from ordermesh.messaging.topics import matches
+
+log = logging.getLogger("ordermesh.messaging.memory")
 
 
 @dataclass
@@ -134,16 +137,32 @@ class MemoryBroker:
                     self._timers.add(timer)
 
     def _dead(self, q: _Queue, delivery: Delivery, exc: BaseException) -> None:
+        message, error = delivery.message, f"{type(exc).__name__}: {exc}"
         q.dead.append(
             DeadLetter(
-                id=delivery.message.message_id,
+                id=message.message_id,
                 queue=q.name,
-                message=delivery.message,
-                error=f"{type(exc).__name__}: {exc}",
+                message=message,
+                error=error,
                 attempts=delivery.attempt,
                 original_exchange=delivery.exchange,
-                original_routing_key=delivery.message.routing_key,
+                original_routing_key=message.routing_key,
             )
+        )
+        # The other adapters' line and fields (messaging.embedded), so tests see what production logs.
+        log.warning(
+            "queue %s: dead-lettered %s after %d attempt(s): %s",
+            q.name,
+            message.message_id,
+            delivery.attempt,
+            error,
+            extra={
+                "order_id": message.correlation_id or "",
+                "message_id": message.message_id,
+                "routing_key": message.routing_key,
+                "queue": q.name,
+                "attempts": delivery.attempt,
+            },
         )
 
     async def dead_letters(self, queue: str | None = None) -> list[DeadLetter]:
