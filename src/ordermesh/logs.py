@@ -228,12 +228,20 @@ def _terminal(stream: IO[str]) -> bool:
 
 
 def configure(
-    format: Format = "auto", *, level: int = logging.INFO, service: str = "", stream: IO[str] | None = None
+    format: Format = "auto",
+    *,
+    level: int = logging.INFO,
+    service: str = "",
+    stream: IO[str] | None = None,
+    loggers: Mapping[str, int] | None = None,
 ) -> None:
     """This process's logging: records at ``level`` and above to ``stream`` (stderr) in
     ``format``, with the context fields. Called again, it replaces what it set up (the CLI sets
     WARNING, then ``up`` or ``run`` INFO). When the host application has handlers of its own on
-    the root logger, they are kept and only get the filter (their format may use the fields)."""
+    the root logger, they are kept and only get the filter (their format may use the fields).
+    ``loggers``: levels of their own for some loggers (``ORDERMESH_LOG_LEVEL``'s ``name=level``)."""
+    for name, own in (loggers or {}).items():
+        logging.getLogger(name).setLevel(own)
     root = logging.getLogger()
     for handler in [h for h in root.handlers if h.get_name() == _HANDLER]:
         root.removeHandler(handler)

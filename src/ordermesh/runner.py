@@ -86,7 +86,10 @@ def run_system(
     if grpc_port:
         overrides["grpc_port"] = grpc_port
     settings = settings.model_copy(update=overrides)
-    logs.configure(settings.log_format, service="supervisor")  # the children set up their own
+    level, loggers = settings.log_levels
+    logs.configure(
+        settings.log_format, level=level, service="supervisor", loggers=loggers
+    )  # the children set up their own
     try:
         settings.check_exposure()
         check_ports(settings, [catalog.spec(name) for name in SERVICES])

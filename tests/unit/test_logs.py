@@ -220,3 +220,32 @@ def test_the_cli_reads_the_format_leniently() -> None:
     assert logs.format_from({"ORDERMESH_LOG_FORMAT": "text"}) == "text"
     assert logs.format_from({"ORDERMESH_LOG_FORMAT": "yaml"}) == "auto"  # the settings say why
     assert logs.format_from({}) == "auto"
+
+
+def test_the_level_setting_sets_the_root_and_each_named_logger() -> None:
+    from ordermesh.config import load
+
+    level, loggers = load({"ORDERMESH_LOG_LEVEL": "warning, ordermesh.http=error,aiormq=debug"}).log_levels
+    assert (level, loggers) == (logging.WARNING, {"ordermesh.http": logging.ERROR, "aiormq": logging.DEBUG})
+    stream = io.StringIO()
+    with bare_root():
+        try:
+            logs.configure("text", level=level, stream=stream, loggers=loggers)
+            logging.getLogger("ordermesh.http").warning("quieted")
+            logging.getLogger("ordermesh.kit").warning("kept")
+            logging.getLogger("ordermesh.kit").info("below the root level")
+        finally:
+            for name in loggers:
+                logging.getLogger(name).setLevel(logging.NOTSET)
+    assert "kept" in stream.getvalue() and "quieted" not in stream.getvalue()
+    assert "below the root level" not in stream.getvalue()
+
+
+def test_a_malformed_level_setting_names_the_part() -> None:
+    import pytest
+
+    from ordermesh.config import load
+    from ordermesh.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'ordermesh\.http=loud': expected LEVEL or LOGGER=LEVEL"):
+        load({"ORDERMESH_LOG_LEVEL": "info,ordermesh.http=loud"})

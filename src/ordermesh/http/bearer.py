@@ -8,6 +8,8 @@ from typing import Any
 
 from starlette.requests import Request
 
+from ordermesh import logs
+from ordermesh.auth import Tokens, require_service
 from ordermesh.errors import Unauthenticated
 
 SECURED: dict[str, Any] = {"security": [{"HTTPBearer": []}]}  # an operation's openapi_extra
@@ -21,9 +23,17 @@ def bearer_credentials(request: Request) -> str:
     return credentials.strip()
 
 
+def service_caller(tokens: Tokens, request: Request) -> str:
+    """The calling service (``service:NAME``) of an internal route: 401 without a valid token, 403
+    for an end user's. Named on the request's log lines (its access line included)."""
+    subject = require_service(tokens.verify(bearer_credentials(request)))
+    logs.tag(user_id=subject)
+    return subject
+
+
 def bearer_scheme(description: str) -> dict[str, Any]:
     """The ``securitySchemes`` entry that ``SECURED`` operations refer to."""
     return {"HTTPBearer": {"type": "http", "scheme": "bearer", "description": description}}
 
 
-__all__ = ["SECURED", "bearer_credentials", "bearer_scheme"]
+__all__ = ["SECURED", "bearer_credentials", "bearer_scheme", "service_caller"]

@@ -23,10 +23,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.responses import Response
 
-from ordermesh.auth import Tokens, require_service
+from ordermesh.auth import Tokens
 from ordermesh.errors import FieldViolation, ValidationError
 from ordermesh.http import faults as http_faults
-from ordermesh.http.bearer import bearer_credentials
+from ordermesh.http.bearer import service_caller
 from ordermesh.resilience.faults import TERMINAL, FaultPlan, Faults, LinkFaults
 
 PATH = "/admin/faults"
@@ -43,7 +43,7 @@ def _router(faults: Faults, tokens: Tokens) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
     def caller(request: Request) -> str:
-        return require_service(tokens.verify(bearer_credentials(request)))
+        return service_caller(tokens, request)
 
     @router.get(PATH)
     async def show_faults(request: Request) -> Response:

@@ -12,10 +12,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ordermesh.auth import Tokens, require_service
+from ordermesh.auth import Tokens
 from ordermesh.clock import Clock
 from ordermesh.config import Settings
-from ordermesh.http.bearer import bearer_credentials
+from ordermesh.http.bearer import service_caller
 from ordermesh.resilience import Guards, Policy
 
 BREAKERS_PATH = "/admin/breakers"
@@ -79,7 +79,7 @@ def install(app: FastAPI, registry: CollectorRegistry, tokens: Tokens, guards: G
 
     @app.get(BREAKERS_PATH, include_in_schema=False)
     async def breakers(request: Request) -> dict[str, Any]:
-        require_service(tokens.verify(bearer_credentials(request)))
+        service_caller(tokens, request)
         return {"downstreams": guards.snapshot()}
 
 

@@ -88,7 +88,8 @@ def main(spec: ServiceSpec, env: Mapping[str, str] | None = None) -> int:
     except OrdermeshError as exc:
         print(f"{spec.name}: {redact_urls(str(exc))}", file=sys.stderr)
         return 1
-    logs.configure(settings.log_format, service=spec.name)
+    level, loggers = settings.log_levels
+    logs.configure(settings.log_format, level=level, service=spec.name, loggers=loggers)
     private_files(settings.data_dir)
     parent = int(source.get(PARENT_PID) or 0)
     if parent:

@@ -10,8 +10,9 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
-from ordermesh.auth import Tokens, require_service
-from ordermesh.http.bearer import SECURED, bearer_credentials, bearer_scheme
+from ordermesh.auth import Tokens
+from ordermesh.http import bearer
+from ordermesh.http.bearer import SECURED, bearer_scheme
 from ordermesh.http.problems import documented
 from ordermesh.services.shipping.domain import ID_PATTERN, Shipment
 from ordermesh.services.shipping.schemas import ScheduleShipment, ShipmentOut, shipment_doc
@@ -32,7 +33,7 @@ def service_caller(tokens: Tokens) -> Callable[[Request], Awaitable[str]]:
     valid token, 403 for an end user's."""
 
     async def caller(request: Request) -> str:
-        return require_service(tokens.verify(bearer_credentials(request)))
+        return bearer.service_caller(tokens, request)
 
     return caller
 
