@@ -26,6 +26,7 @@ from bench import (
     replay,
     resilience,
     sagas,
+    tracing,
 )
 from bench.common import Figure
 from ordermesh.tuning import describe, tune_gc
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[], Coroutine[Any, Any, list[Figure]]]] = {
     "pagination": pagination.run,
     "sagas": sagas.run,
     "resilience": resilience.run,
+    "tracing": tracing.run,
 }
 
 

@@ -677,9 +677,13 @@ def openapi() -> None:
 
 
 def main() -> None:
+    import logging
+
+    from ordermesh import logs
     from ordermesh.config import private_files
     from ordermesh.tuning import tune_gc
 
     tune_gc()  # every ordermesh process: the server, the notification service, rebuilds
     private_files()
+    logs.configure(logs.format_from(), level=logging.WARNING)  # `up` and `run` then log INFO
     app()

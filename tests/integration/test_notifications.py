@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from ordermesh import tracing
+from ordermesh import logs, tracing
 from ordermesh.messaging import Broker, open_broker
 from ordermesh.messaging.memory import MemoryBroker
 from ordermesh.messaging.port import DeadLetter, Message, RetryPolicy
@@ -37,6 +37,7 @@ from ordermesh.services.notifications.handler import mail_message_id, money
 from ordermesh.services.notifications.service import LOG_FORMAT
 from tests.conftest import AMQP_URL, require_rabbitmq
 from tests.helpers import free_port
+from tests.spans import captured_spans, named
 
 FAST = RetryPolicy(max_attempts=20, initial=0.05, multiplier=2.0, maximum=0.2)
 
@@ -233,22 +234,47 @@ async def test_the_mail_continues_the_messages_trace(
     smtp, port = raw_smtp
     parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     broker = MemoryBroker() if kind == "memory" else await open_broker(f"sqlite:///{tmp_path / 'mq.db'}")
-    async with running(broker, port, tmp_path):
-        traced_order = Message.json(
-            "order.created",
-            order("o-1"),
-            headers={"traceparent": parent, "tracestate": "rojo=00f067aa0ba902b7"},
-        )
-        await broker.publish("orders", [traced_order])
-        await broker.publish("orders", [Message.json("order.shipped", order("o-2"))])  # no trace
-        mails = {m["Subject"]: m for m in await smtp.wait_for(2)}
+    with captured_spans() as spans:  # an OpenTelemetry SDK in this process
+        async with running(broker, port, tmp_path):
+            traced_order = Message.json(
+                "order.created",
+                order("o-1"),
+                headers={"traceparent": parent, "tracestate": "rojo=00f067aa0ba902b7"},
+            )
+            await broker.publish("orders", [traced_order])
+            await broker.publish("orders", [Message.json("order.shipped", order("o-2"))])  # no trace
+            mails = {m["Subject"]: m for m in await smtp.wait_for(2)}
     confirmed = mails["Order o-1 confirmed"]["Traceparent"]
     assert tracing.trace_id(confirmed) == tracing.trace_id(parent)
-    assert tracing.span_id(confirmed) != tracing.span_id(parent)  # the consumer's child span
+    assert tracing.span_id(confirmed) != tracing.span_id(parent)  # the consumer's span
     assert mails["Order o-1 confirmed"]["Tracestate"] == "rojo=00f067aa0ba902b7"
     started = mails["Order o-2 shipped"]["Traceparent"]  # a new trace of its own
     assert tracing.trace_id(started) not in (None, tracing.trace_id(parent))
     assert mails["Order o-2 shipped"]["Tracestate"] is None
+    # Each send to the mail server is a span under the delivery's, with the order id.
+    consumed = {s.context.span_id: s for s in named(spans, "process notifications.")}
+    sends = named(spans, "smtp send")
+    assert sorted(dict(s.attributes or {})["ordermesh.order_id"] for s in sends) == ["o-1", "o-2"]
+    for send in sends:
+        assert send.parent is not None and send.parent.span_id in consumed
+    (first,) = [s for s in sends if dict(s.attributes or {})["ordermesh.order_id"] == "o-1"]
+    assert f"{first.context.trace_id:032x}" == tracing.trace_id(parent)
+
+
+async def test_without_an_sdk_the_mail_carries_the_messages_trace_as_it_came(
+    raw_smtp: tuple[RawSmtp, int], tmp_path: Path
+) -> None:
+    smtp, port = raw_smtp
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    broker = MemoryBroker()
+    async with running(broker, port, tmp_path):
+        await broker.publish(
+            "orders", [Message.json("order.created", order("o-1"), headers={"traceparent": parent})]
+        )
+        await broker.publish("orders", [Message.json("order.shipped", order("o-2"))])  # no trace
+        mails = {m["Subject"]: m for m in await smtp.wait_for(2)}
+    assert mails["Order o-1 confirmed"]["Traceparent"] == parent
+    assert mails["Order o-2 shipped"]["Traceparent"] is None
 
 
 async def test_log_lines_name_the_trace(sink: MailSink, tmp_path: Path) -> None:
@@ -262,7 +288,7 @@ async def test_log_lines_name_the_trace(sink: MailSink, tmp_path: Path) -> None:
     logger.addHandler(handler)
     level = logger.level
     logger.setLevel(logging.INFO)
-    tracing.install_log_filter(logger)  # what main() does to the root logger's handlers
+    handler.addFilter(logs.ContextFilter())  # what main() puts on the root logger's handler
     broker = MemoryBroker()
     try:
         async with running(broker, sink.port, tmp_path) as service:

@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 import urllib3
 
-from ordermesh import errors
+from ordermesh import errors, tracing
 from ordermesh.problems import error_from_problem
 from ordermesh.resilience import Guard, Policy, RetryPolicy, deadline
 from ordermesh.resilience.deadline import DEADLINE_HEADER
@@ -212,7 +212,9 @@ class AsyncOrdermeshClient(_Base):
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100), trace_configs=tracing.http_trace_configs()
+            )
         return self._session
 
     async def _send(self, req: _Request, timeout: float | None) -> Any:

@@ -18,6 +18,7 @@ from typing import Any, Self, TypeVar
 
 import grpc
 
+from ordermesh import tracing
 from ordermesh.resilience import Guard, Policy, RetryPolicy, retryable
 from ordermesh.rpc.status import error_from_rpc
 
@@ -50,7 +51,9 @@ class GrpcClient:
             self.downstream, Policy(timeout=timeout, retry=RetryPolicy(attempts=attempts, wait_jitter=0.05))
         )
         self._token = token
-        self.channel = grpc.aio.insecure_channel(target)
+        self.channel = grpc.aio.insecure_channel(
+            target, interceptors=tracing.grpc_client_interceptors() or None
+        )
 
     @property
     def _metadata(self) -> tuple[tuple[str, str], ...]:

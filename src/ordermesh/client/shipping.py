@@ -20,7 +20,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
-from ordermesh import errors
+from ordermesh import errors, tracing
 from ordermesh.problems import error_from_problem
 from ordermesh.resilience import Guard, Policy, RetryPolicy, deadline
 from ordermesh.resilience.deadline import DEADLINE_HEADER
@@ -162,7 +162,7 @@ class ShippingClient:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(trace_configs=tracing.http_trace_configs())
         return self._session
 
     async def close(self) -> None:

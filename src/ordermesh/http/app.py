@@ -8,10 +8,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
-from ordermesh import __version__
+from ordermesh import __version__, tracing
 from ordermesh.errors import InfrastructureError
 from ordermesh.http import problems
+from ordermesh.http.access import AccessLog
 from ordermesh.http.deadline import CallerDeadline
 from ordermesh.http.metrics import HttpMetrics, MetricsMiddleware
 from ordermesh.http.middleware import BodyLimits, HttpLimits
@@ -20,6 +22,7 @@ Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 ReadyCheck = Callable[[FastAPI], Awaitable[None]]
 
 _OK = b'{"status":"ok"}'
+_UNTRACED = ("/livez", "/readyz", "/metrics")
 _HEALTH = {
     "type": "object",
     "properties": {"status": {"const": "ok"}},
@@ -33,6 +36,24 @@ class ServiceApp(FastAPI):
     never null)."""
 
     security_schemes: dict[str, Any] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """With an OpenTelemetry SDK installed, the contrib ASGI middleware outermost, so every
+        request's server span covers all of it (injected faults and errors included); without,
+        nothing (``MetricsMiddleware`` continues a caller's trace). The health and metrics routes
+        make no spans: probes would bury the traces that matter."""
+        stack = super().build_middleware_stack()
+        if not getattr(self.state, "traced", False):
+            return stack
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        return OpenTelemetryMiddleware(
+            stack,
+            excluded_urls=",".join(f"{path}$" for path in _UNTRACED),
+            # The method alone until routing: MetricsMiddleware names it after the route template.
+            default_span_details=lambda scope: (scope.get("method", "HTTP"), {}),
+            exclude_spans=["receive", "send"],  # a span per ASGI message is noise, and costs
+        )
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is not None:
@@ -62,18 +83,14 @@ def _drop_null_branch(parameter: dict[str, Any]) -> None:
 
 
 def _native_telemetry() -> dict[str, Any]:
-    """FastAPI's own OpenTelemetry spans and metrics (keyword arguments for FastAPI): on when
-    the process has configured an OpenTelemetry SDK before building the app, off otherwise.
-    Off, FastAPI skips asking the global providers whether they are configured on every
-    request (three provider lookups and environment reads, ~5 µs a request measured in
-    bench/http_orders.py); our W3C trace propagation and /metrics do not depend on it.
-    (FastAPI before 0.165 has no such thing.)"""
+    """FastAPI's own OpenTelemetry spans and metrics off (keyword arguments for FastAPI): the
+    contrib ASGI instrumentation makes our server spans (``ServiceApp.build_middleware_stack``),
+    and on, FastAPI would also ask the global providers whether they are configured on every
+    request (~5 µs a request measured in bench/http_orders.py). (FastAPI before 0.165 has no such
+    thing.)"""
     try:
         import fastapi.telemetry  # noqa: F401
-        from opentelemetry import trace
     except ImportError:
-        return {}
-    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
@@ -92,6 +109,7 @@ def create_app(
     limits = limits or HttpLimits()
     app = ServiceApp(title=title, version=__version__, lifespan=lifespan, **_native_telemetry())
     app.security_schemes = security_schemes
+    app.state.traced = tracing.enabled()  # decided once, as the app is built (kit.telemetry runs first)
     metrics = HttpMetrics()
     app.state.metrics = metrics
     app.state.http_limits = limits
@@ -130,5 +148,6 @@ def create_app(
     # body already checked. Added first, so inside the metrics middleware: refusals are counted too.
     app.add_middleware(CallerDeadline)
     app.add_middleware(BodyLimits, limits=limits)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(AccessLog)  # inside the trace, outside the limits: every answer is logged
+    app.add_middleware(MetricsMiddleware, metrics=metrics, propagate=not app.state.traced)
     return app

@@ -1,12 +1,20 @@
-"""Prometheus metrics and W3C trace context as one pure ASGI middleware (Starlette's
+"""Prometheus metrics and the request's trace context as one pure ASGI middleware (Starlette's
 BaseHTTPMiddleware costs a task and a stream per request, and every layer costs a little: the
-edge concerns share one)."""
+edge concerns share one).
+
+Tracing here: with OpenTelemetry's ASGI middleware in front (an SDK installed), the server span
+is named after the route template once routing is done (``POST /api/orders``, not the raw path)
+and tagged with the ``order_id`` path parameter; without it (``propagate``), a caller's
+``traceparent`` is continued for what the request writes. Either way the answer carries the
+current ``traceparent``, so a client can find its trace."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
@@ -53,9 +61,10 @@ class HttpMetrics:
 
 
 class MetricsMiddleware:
-    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics, propagate: bool = True) -> None:
         self.app = app
         self.metrics = metrics
+        self.propagate = propagate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,15 +72,20 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
-        # Continue the caller's W3C trace (or start one) for everything this request writes.
-        traceparent = tracing.child_of(_header(scope, b"traceparent"))
-        tracing.set_current(traceparent)
+        token = None
+        if self.propagate:
+            token = tracing.continue_remote(_header(scope, b"traceparent"), _header(scope, b"tracestate"))
+        traceparent = tracing.current()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"traceparent", traceparent.encode())]
+                if traceparent is not None:
+                    message["headers"] = [*message.get("headers", []), (b"traceparent", traceparent.encode())]
+                span = trace.get_current_span()
+                if span.is_recording():  # routed by now; the span ends with the answer's body
+                    _name_span(span, scope)
             await send(message)
 
         try:
@@ -80,6 +94,18 @@ class MetricsMiddleware:
             # The route template, not the raw path, keeps label cardinality bounded.
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - start)
+            if token is not None:
+                otel_context.detach(token)
+
+
+def _name_span(span: trace.Span, scope: Scope) -> None:
+    route = getattr(scope.get("route"), "path", None)
+    if route is not None:
+        span.update_name(f"{scope['method']} {route}")
+        span.set_attribute("http.route", route)
+    order_id = scope.get("path_params", {}).get("order_id")
+    if isinstance(order_id, str):
+        span.set_attribute(tracing.ORDER_ID, order_id)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

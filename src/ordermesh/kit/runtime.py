@@ -37,7 +37,7 @@ from ordermesh.db import SqlDb, connect
 from ordermesh.errors import InfrastructureError
 from ordermesh.http.app import create_app
 from ordermesh.http.middleware import HttpLimits
-from ordermesh.kit import downstreams
+from ordermesh.kit import downstreams, telemetry
 from ordermesh.kit.admin import install_faults
 from ordermesh.kit.listeners import HttpListener, add_grpc_port, bind
 from ordermesh.messaging import Broker, open_broker
@@ -190,6 +190,7 @@ async def started(
     """The service, built and serving, until the block ends (then drained and closed)."""
     settings.check_exposure()
     async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(telemetry.installed(spec.name))  # before the edges are built
         rt = _runtime(spec, settings, clock, stack)
         host = settings.http_host
         grpc_port = getattr(settings, spec.grpc_port) if spec.grpc_port is not None else None

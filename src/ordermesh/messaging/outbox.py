@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ordermesh.db import SqlDb, Tx, migrate
 from ordermesh.messaging import envelope
+from ordermesh.messaging.context import published, with_current_trace
 from ordermesh.messaging.port import Broker, Message, Unroutable
 from ordermesh.messaging.relay import retry_later
 
@@ -65,10 +66,11 @@ class SqlOutbox:
         return cls(db)
 
     async def add(self, tx: Tx, exchange: str, messages: Sequence[Message]) -> None:
-        """Queue ``messages`` for ``exchange`` inside the caller's transaction ``tx``."""
+        """Queue ``messages`` for ``exchange`` inside the caller's transaction ``tx``; each keeps
+        the trace context it was written in (``traceparent`` header), unless it has one."""
         await tx.executemany(
             "INSERT INTO outbox_messages (exchange, envelope) VALUES ($1, $2)",
-            [(exchange, envelope.dumps(m)) for m in messages],
+            [(exchange, envelope.dumps(m)) for m in with_current_trace(messages)],
         )
 
     def wake(self) -> None:
@@ -136,7 +138,8 @@ class OutboxPublisher:
             for exchange, run in itertools.groupby(batch, key=lambda o: o.exchange):
                 group = list(run)
                 try:
-                    await self.broker.publish(exchange, [o.message for o in group])
+                    with published(exchange, [o.message for o in group]) as messages:
+                        await self.broker.publish(exchange, messages)
                 except Unroutable as exc:
                     if not exc.message_ids:
                         raise  # nothing was published (the exchange is gone): retry it all

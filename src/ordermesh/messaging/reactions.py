@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from opentelemetry import trace
+
 from ordermesh.errors import DomainError, NotFound
 from ordermesh.failpoints import failpoint
 from ordermesh.messaging.context import traced
@@ -42,6 +44,7 @@ def react_once(
     async def handle(delivery: Delivery) -> None:
         message_id = delivery.message.message_id
         if await inbox.seen(message_id):
+            trace.get_current_span().set_attribute("ordermesh.duplicate", True)  # the consumer's span
             return
         try:
             await react(delivery)
@@ -61,9 +64,9 @@ async def subscribe_all(
     retry: RetryPolicy,
     metrics: ConsumerMetrics | None = None,
 ) -> list[Subscription]:
-    """Subscribe every ``queue: (exchange, binding key, handler)``, each delivery in a child span
-    of its message's trace and, with ``metrics``, counted and timed; all or none (a failure
-    half-way stops what was subscribed)."""
+    """Subscribe every ``queue: (exchange, binding key, handler)``, each delivery in a span of
+    its message's trace (``messaging.context.traced``) and, with ``metrics``, counted and timed;
+    all or none (a failure half-way stops what was subscribed)."""
     subscriptions: list[Subscription] = []
     try:
         for queue, (exchange, key, react) in queues.items():

@@ -37,6 +37,7 @@ from ordermesh.eventstore.model import StoredEvent
 from ordermesh.eventstore.port import EventStore
 from ordermesh.eventstore.subscription import CheckpointStore
 from ordermesh.messaging import envelope
+from ordermesh.messaging.context import published
 from ordermesh.messaging.port import Broker, Message, MessagingError, Unroutable
 
 log = logging.getLogger(__name__)
@@ -184,7 +185,8 @@ class OutboxRelay:
         if not batch:
             return
         try:
-            await self.broker.publish(self.exchange, [m for m, _ in batch])
+            with published(self.exchange, [m for m, _ in batch]) as messages:
+                await self.broker.publish(self.exchange, messages)
         except Unroutable as exc:
             if self.parking is None or not exc.message_ids:
                 raise
@@ -201,6 +203,15 @@ class OutboxRelay:
             self.published += len(batch) - len(exc.message_ids)
         else:
             self.published += len(batch)
+            if log.isEnabledFor(logging.DEBUG):  # a line per message: off unless asked for
+                for message, _ in batch:
+                    log.debug(
+                        "outbox relay %s: published %s %s",
+                        self.name,
+                        message.routing_key,
+                        message.message_id,
+                        extra={"order_id": message.correlation_id or ""},
+                    )
 
     async def _pump(self) -> int:
         """Publish everything up to the head with two batches in flight; returns the events
@@ -237,7 +248,8 @@ class OutboxRelay:
         sent = 0
         for parked in await self.parking.all():
             try:
-                await self.broker.publish(self.exchange, [parked.message])
+                with published(self.exchange, [parked.message]) as messages:
+                    await self.broker.publish(self.exchange, messages)
             except Unroutable:
                 continue
             await self.parking.remove(parked.message.message_id)

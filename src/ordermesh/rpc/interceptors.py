@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ordermesh import tracing
@@ -94,24 +96,39 @@ class _Method:
     """What the wrapper of one method needs per call, computed once: its name, whether it is
     public, and its metric children (calls per code, latency, messages)."""
 
-    __slots__ = ("_calls", "_metrics", "latency", "messages", "name", "public", "response_streaming")
+    __slots__ = (
+        "_calls",
+        "_metrics",
+        "latency",
+        "messages",
+        "name",
+        "public",
+        "response_streaming",
+        "traced",
+    )
 
-    def __init__(self, name: str, public: bool, response_streaming: bool, metrics: Metrics | None) -> None:
+    def __init__(
+        self, name: str, public: bool, response_streaming: bool, metrics: Metrics | None, traced: bool = False
+    ) -> None:
         self.name = name
         self.public = public
         self.response_streaming = response_streaming
+        self.traced = traced
         self._metrics = metrics
         self._calls: dict[grpc.StatusCode, Any] = {}
         self.latency = None if metrics is None else metrics.latency.labels(name)
         self.messages = None if metrics is None or not response_streaming else metrics.messages.labels(name)
 
     def record(self, context: Context, error: BaseException | None, seconds: float, messages: int) -> None:
-        """The call ended: count it, time it, and log it (when INFO is on for ``ordermesh.rpc``)."""
+        """The call ended: count it, time it, log it (when INFO is on for ``ordermesh.rpc``) and,
+        traced, put its final code on the call's span."""
         metrics = self._metrics
         logging_on = log.isEnabledFor(logging.INFO)
-        if metrics is None and not logging_on:
+        if metrics is None and not logging_on and not self.traced:
             return
         code = _outcome(context, error)
+        if self.traced:
+            _settle_span(code, context)
         if metrics is not None:
             if messages % _FLUSH_EVERY and self.messages is not None:
                 self.messages.inc(messages % _FLUSH_EVERY)  # the rest went in while streaming
@@ -158,10 +175,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         default_deadline: float = 10.0,
         public: Sequence[str] = PUBLIC_METHOD_PREFIXES,
         faults: Faults | None = None,
+        traced: bool = False,
     ) -> None:
         if default_deadline <= 0:
             raise ValueError(f"default deadline must be positive, not {default_deadline}")
         self._tokens = tokens
+        # ``traced``: OpenTelemetry's server interceptor runs in front and makes the call's span
+        # (we tag it); otherwise we continue a caller's trace ourselves.
+        self._traced = traced
+        self._propagate = not traced
         self._metrics = None if metrics is None else Metrics(metrics)
         self.default_deadline = default_deadline
         self._public = tuple(public)
@@ -194,7 +216,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             (True, True): handler.stream_stream,
         }[kind]
         assert behaviour is not None, f"{method}: handler without a behaviour"
-        state = _Method(method, method.startswith(self._public), handler.response_streaming, self._metrics)
+        state = _Method(
+            method, method.startswith(self._public), handler.response_streaming, self._metrics, self._traced
+        )
         wrapped: Callable[..., Any]
         if handler.response_streaming:
             wrapped = self._streamed(state, behaviour, handler.request_streaming)
@@ -211,6 +235,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         is_coroutine = inspect.iscoroutinefunction(behaviour)
         default = self.default_deadline
+        traced = self._traced
         authenticate = None if state.public else self._authenticate
         faults = None if state.public else self._faults
         answer = self._answer
@@ -224,6 +249,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                         await inject(faults, context, default)
                     if authenticate is not None:
                         authenticate(context)
+                    if traced and not request_streaming:
+                        tracing.tag(order_id=getattr(request, "order_id", None))  # the call's span
                     remaining = _client_budget(context)
                     if remaining is None:  # the server's default: a timer around the handler
                         deadline = time.monotonic() + default
@@ -312,18 +339,23 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _authenticate(self, context: Context) -> None:
         """Makes the bearer token's subject the principal (``current_principal()``); raises
         ``Unauthenticated`` (answered as UNAUTHENTICATED) when it is missing or does not verify.
-        Also continues the caller's W3C trace (``traceparent`` metadata) for what the call writes."""
+        Without OpenTelemetry's server interceptor in front (no SDK: see ``rpc.server``), also
+        continues the caller's trace (``traceparent`` metadata) for what the call writes."""
         # One pass over the metadata: grpc builds a fresh tuple of it on every call of
         # invocation_metadata().
         authorization: list[str | bytes] = []
-        incoming = None
+        incoming = state = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 authorization.append(value)
             elif key == "traceparent" and isinstance(value, str):
                 incoming = value
+            elif key == "tracestate" and isinstance(value, str):
+                state = value
         set_principal(self._tokens.verify(_bearer_token(authorization)))
-        tracing.set_current(tracing.child_of(incoming))
+        if self._propagate:
+            # Never detached: every call runs in a task and a context of its own.
+            tracing.continue_remote(incoming, state)
 
     @staticmethod
     async def _answer(state: _Method, context: Context, exc: Exception) -> NoReturn:
@@ -361,6 +393,18 @@ def _bearer_token(values: list[str | bytes]) -> str:
     if len(values) > 1 or scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("the `authorization` metadata must be one `Bearer <token>`")
     return token.strip()
+
+
+def _settle_span(code: grpc.StatusCode, context: Context) -> None:
+    """The final status on the call's span: our errors answer with ``abort_with_status``, which
+    OpenTelemetry's interceptor does not see."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code is not _OK:
+        details: str | None = context.details() if code is not grpc.StatusCode.CANCELLED else None
+        span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}" if details else code.name))
 
 
 def _client_budget(context: Context) -> float | None:

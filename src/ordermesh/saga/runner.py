@@ -23,11 +23,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from ordermesh import tracing
+from opentelemetry.trace import Span
+
+from ordermesh import logs, tracing
 from ordermesh.clock import Clock
 from ordermesh.errors import DomainError, NotFound
 from ordermesh.failpoints import failpoint
@@ -40,11 +43,22 @@ log = logging.getLogger("ordermesh.saga")
 Action = Callable[[SagaContext], Awaitable[str | None]]
 
 
-def _trace(record: SagaRecord) -> tracing.Scope | None:
-    """Each step in a child span of the trace that started the saga (``data["traceparent"]``), so
-    what it records (and the mail it causes) belongs to the order's one trace."""
-    parent = record.data.get("traceparent")
-    return tracing.enter(tracing.child_of(parent)) if isinstance(parent, str) and parent else None
+def _traced(record: SagaRecord, step: Step, kind: str, attempt: int) -> AbstractContextManager[Span]:
+    """Each step and compensation in a span of its own, a child of the trace that started the saga
+    (``data["traceparent"]``), so what it calls and records (and the mail it causes) belongs to
+    the order's one trace. Sagas are keyed by order id: the saga id is the order's too."""
+    return tracing.span(
+        f"saga {record.name} {step.name}" if kind == "action" else f"saga {record.name} undo {step.name}",
+        parent=tracing.extract(record.data),
+        attributes={
+            tracing.SAGA_ID: record.saga_id,
+            tracing.ORDER_ID: record.saga_id,
+            "ordermesh.saga.step": step.name,
+            "ordermesh.saga.kind": kind,
+            "ordermesh.saga.attempt": attempt,
+            "ordermesh.saga.service": step.service,
+        },
+    )
 
 
 def _parked_for(exc: CircuitOpen) -> timedelta:
@@ -142,7 +156,8 @@ class SagaRunner:
                 while not record.terminal:
                     if record.wake_at is not None and record.wake_at > self.clock.now():
                         return record  # waiting: ``run`` drives it again when it is due
-                    moved = await self._advance(record)
+                    with logs.bind(saga_id=saga_id, order_id=saga_id):  # sagas are keyed by order id
+                        moved = await self._advance(record)
                     if moved is None:  # another driver wrote first: carry on from what it wrote
                         reread = await self.store.get(saga_id)
                         assert reread is not None
@@ -184,9 +199,9 @@ class SagaRunner:
         remaining = (saved.deadline_at - now).total_seconds()
         budget = min(self.policy.step_timeout, max(remaining, 0.001))
         ctx = SagaContext(saved.saga_id, dict(saved.data), saved.deadline_at, attempt, budget)
-        scope = _trace(saved)
         try:
-            detail = await asyncio.wait_for(step.action(ctx), budget)
+            with _traced(saved, step, "action", attempt):
+                detail = await asyncio.wait_for(step.action(ctx), budget)
         except (DomainError, NotFound) as exc:  # StepFailed, or a downstream's own refusal
             done = replace(attempted, outcome="failed", ended_at=self.clock.now(), detail=str(exc))
             # A StepFailed speaks for itself; a downstream's own refusal is named after its step.
@@ -213,9 +228,6 @@ class SagaRunner:
                     f"{step.name} did not succeed before the saga's deadline ({why})",
                 )
             return await self._save(replace(saved.with_step(retrying), wake_at=wake))
-        finally:
-            if scope is not None:
-                tracing.leave(scope)
         # The step acted downstream, and the log does not say so yet: a crash here is the one a
         # re-sent step must survive (tests arm it as saga.after.<step>).
         await failpoint(f"saga.after.{step.name}")
@@ -275,9 +287,9 @@ class SagaRunner:
             self.policy.step_timeout,
             saved.reason,
         )
-        scope = _trace(saved)
         try:
-            detail = await asyncio.wait_for(undo(ctx), self.policy.step_timeout)
+            with _traced(saved, step, "compensation", attempt):
+                detail = await asyncio.wait_for(undo(ctx), self.policy.step_timeout)
         except DomainError as exc:
             failed = replace(attempted, outcome="failed", ended_at=self.clock.now(), detail=str(exc))
             log.error("saga %s: compensation %s refused: %s", saved.saga_id, step.name, exc)
@@ -296,9 +308,6 @@ class SagaRunner:
             return await self._save(
                 replace(saved.with_step(retrying), wake_at=now + self.policy.backoff(attempt))
             )
-        finally:
-            if scope is not None:
-                tracing.leave(scope)
         done = replace(attempted, outcome="succeeded", ended_at=self.clock.now(), detail=detail or "")
         return await self._save(replace(saved.with_step(done), wake_at=None))
 

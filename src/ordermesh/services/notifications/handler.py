@@ -5,8 +5,9 @@ tracking id), ``order.cancelled`` → "Order {id} cancelled" (with the reason); 
 are ignored. The mail's Message-ID is ``<{message id}@ordermesh>``.
 
 Tracing: run under ``messaging.context.traced`` (as ``start_notifications`` does), the mail carries
-the consumer's child span as a ``Traceparent`` header (and the message's ``tracestate`` as
-``Tracestate``), so one order is one trace from the REST call to the customer's inbox; the
+the consumer's span as a ``Traceparent`` header (and the message's ``tracestate`` as
+``Tracestate``), so one order is one trace from the REST call to the customer's inbox; each send
+to the mail server is a CLIENT span of its own (``smtp send``, with the order id), and the
 "mailed" log line names the trace id.
 
 Idempotency: an email cannot join a database transaction, so the mail is sent first and the
@@ -29,6 +30,8 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from opentelemetry.trace import SpanKind
 
 from ordermesh import tracing
 from ordermesh.contracts.orders import EMAIL_PATTERN
@@ -150,10 +153,16 @@ class NotificationHandler:
 
     def build_mail(self, delivery: Delivery) -> Mail | None:
         """The mail for a delivery; None for a routing key notifications ignore."""
+        built = self._build(delivery)
+        return None if built is None else built[1]
+
+    def _build(self, delivery: Delivery) -> tuple[str, Mail] | None:
+        """The order id and the mail for a delivery (see ``build_mail``)."""
         subject = SUBJECTS.get(delivery.message.routing_key)
         if subject is None:
             return None
         order = parse_order(delivery)
+        tracing.tag(order_id=order.order_id)  # the consumer's span
         headers = {"X-Ordermesh-Event": delivery.message.routing_key}
         if traceparent := tracing.current():
             headers["Traceparent"] = traceparent
@@ -173,13 +182,14 @@ class NotificationHandler:
             where = f"message {delivery.message.message_id} ({delivery.message.routing_key})"
             log.warning("%s: dead-lettered at once: %s", where, exc)
             raise PermanentError(f"{where}: {exc}") from exc
-        return mail
+        return order.order_id, mail
 
     async def __call__(self, delivery: Delivery) -> None:
-        mail = self.build_mail(delivery)
-        if mail is None:
+        built = self._build(delivery)
+        if built is None:
             self.ignored += 1
             return
+        order_id, mail = built
         message_id = delivery.message.message_id
         lock, users = self._locks.get(message_id, (asyncio.Lock(), 0))
         self._locks[message_id] = (lock, users + 1)
@@ -190,7 +200,9 @@ class NotificationHandler:
                     log.info("message %s: mail sent before, skipped", message_id)
                     return
                 try:
-                    await self.mailer.send(mail)
+                    attributes = {tracing.ORDER_ID: order_id, "ordermesh.mail.message_id": mail.message_id}
+                    with tracing.span("smtp send", kind=SpanKind.CLIENT, attributes=attributes):
+                        await self.mailer.send(mail)
                 except Exception:
                     self.failures += 1
                     raise

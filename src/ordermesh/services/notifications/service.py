@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ordermesh import tracing
+from ordermesh import logs
 from ordermesh.db import SqlDb, connect
 from ordermesh.messaging import Broker
 from ordermesh.messaging.context import traced
@@ -35,7 +35,7 @@ INBOX_CONSUMER = "notifications"
 DEFAULT_RETRY = RetryPolicy(max_attempts=9, initial=1.0, multiplier=3.0, maximum=600.0)
 DEFAULT_PREFETCH = 16
 # The trace id is empty ("[]") outside a delivery: startup, shutdown.
-LOG_FORMAT = tracing.LOG_FORMAT
+LOG_FORMAT = logs.LOG_FORMAT
 
 
 def inbox_path(data_dir: Path) -> Path:

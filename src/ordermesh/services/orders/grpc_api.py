@@ -20,6 +20,7 @@ import grpc
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ordermesh import logs
 from ordermesh.errors import FieldViolation, ValidationError
 from ordermesh.orders.v1 import orders_pb2 as pb
 from ordermesh.orders.v1 import orders_pb2_grpc as pb_grpc
@@ -148,6 +149,7 @@ class OrderGrpcService(pb_grpc.OrderServiceServicer):
         self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.Order:
         _id("order_id", request.order_id)
+        logs.tag(order_id=request.order_id)  # this call's lines, the interceptor's included
         user = current_principal()
         which = request.WhichOneof("at")
         if which is None:
@@ -165,6 +167,7 @@ class OrderGrpcService(pb_grpc.OrderServiceServicer):
         self, request: pb.GetOrderHistoryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetOrderHistoryResponse:
         _id("order_id", request.order_id)
+        logs.tag(order_id=request.order_id)
         events = await self._service.history(request.order_id, current_principal())
         return pb.GetOrderHistoryResponse(
             events=[
@@ -200,7 +203,9 @@ class OrderGrpcService(pb_grpc.OrderServiceServicer):
         if outcome.error is not None:
             raise outcome.error
         assert outcome.order is not None
-        return order_pb(orjson.loads(outcome.order))
+        doc = orjson.loads(outcome.order)
+        logs.tag(order_id=doc["id"])
+        return order_pb(doc)
 
     async def StreamOrderUpdates(
         self, request: pb.StreamRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -209,6 +214,7 @@ class OrderGrpcService(pb_grpc.OrderServiceServicer):
         if target is None:
             raise _invalid("target", "give user_id or order_id")
         _id(target, getattr(request, target))
+        logs.tag(order_id=request.order_id or None)
         updates = self._feed.updates(
             current_principal(),
             user_id=request.user_id if target == "user_id" else None,

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from pydantic import Field
 from starlette.responses import Response
 
+from ordermesh import logs
 from ordermesh.auth import Tokens
 from ordermesh.errors import (
     FieldViolation,
@@ -40,7 +41,9 @@ def _system(request: Request) -> OrderSystem:
 async def current_user(request: Request) -> str:
     """The bearer token's subject (the scheme is documented by ``BEARER``)."""
     tokens: Tokens = request.app.state.tokens
-    return tokens.verify(bearer_credentials(request))
+    user = tokens.verify(bearer_credentials(request))
+    logs.tag(user_id=user)  # the request's lines, its access line included, name the caller
+    return user
 
 
 def write_limiter(request: Request) -> RateLimiter:
@@ -132,7 +135,9 @@ async def create_order(
         problem = problem_for(outcome.error)
         return Response(problem.body, problem.status, media_type=PROBLEM, headers=problem.headers | headers)
     assert outcome.order is not None
-    headers["Location"] = _order_url(orjson.loads(outcome.order)["id"])
+    order_id = orjson.loads(outcome.order)["id"]
+    logs.tag(order_id=order_id)
+    headers["Location"] = _order_url(order_id)
     return Response(outcome.order, 201, media_type=JSON, headers=headers)
 
 
@@ -169,6 +174,7 @@ async def get_order(
         ),
     ] = None,
 ) -> Response:
+    logs.tag(order_id=order_id)
     service = _system(request).service
     if version is not None and as_of is not None:
         both = "give either version or as_of, not both"
@@ -202,6 +208,7 @@ def _as_utc(moment: datetime) -> datetime:
     },
 )
 async def get_order_events(order_id: OrderId, request: Request, user: User) -> Response:
+    logs.tag(order_id=order_id)
     events = await _system(request).service.history(order_id, user)
     return _json(orjson.dumps({"events": events}))
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -243,14 +243,18 @@ class OrderSaga:
         return reason
 
 
-def saga_data(event: OrderCreated, traceparent: str | None = None) -> dict[str, Any]:
+def saga_data(event: OrderCreated, trace: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What the saga needs of the order; with the ``traceparent`` (and ``tracestate``) of
+    ``trace`` (the order's event metadata), so its steps continue the order's trace."""
     data: dict[str, Any] = {
         "total": event.total,
         "currency": event.currency,
         "items": [{"sku": line.sku, "quantity": line.quantity} for line in event.items],
     }
-    if traceparent:
-        data["traceparent"] = traceparent  # the saga's steps continue the order's trace
+    for key in (tracing.TRACEPARENT, tracing.TRACESTATE):
+        value = (trace or {}).get(key)
+        if isinstance(value, str) and value:
+            data[key] = value
     return data
 
 
@@ -279,8 +283,7 @@ async def start_sagas(
                         if event.type == OrderCreated.TYPE and event.stream_id.startswith(STREAM_PREFIX):
                             created = codec.decode(event)
                             assert isinstance(created, OrderCreated)
-                            traceparent = event.metadata.get("traceparent")
-                            data = saga_data(created, traceparent if isinstance(traceparent, str) else None)
+                            data = saga_data(created, event.metadata)
                             await runner.begin(created.order_id, SAGA, data)
                         await events.commit(event.position)
             except Exception:  # the database went away: the checkpoint says where to start again

@@ -6,6 +6,7 @@ every refusal is an ``OrdermeshError``.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -24,6 +25,8 @@ from ordermesh.services.orders.domain import OrderAggregate
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.listing import DEFAULT_LIMIT, user_orders_page
 from ordermesh.services.orders.projections import ORDER_DETAIL
+
+log = logging.getLogger("ordermesh.orders")
 
 # How long a command waits for the read models to show its own write before answering anyway.
 READ_YOUR_WRITES_TIMEOUT = 2.0
@@ -57,8 +60,10 @@ class OrderService:
         """A new order (a fresh id unless given); ``metadata`` joins the ``OrderCreated`` event's.
         ``ConcurrencyConflict`` when an order with the given id exists."""
         order_id = order_id or self._new_id()
+        tracing.tag(order_id=order_id)  # on the REST or gRPC server span that creates it
         order = OrderAggregate.create(order_id, user_id, user_email, currency, items, self.clock.now())
         result = await self.repository.save(order, {**tracing.event_metadata(), **(metadata or {})})
+        log.info("order created: %d %s for %s", order.total, currency, user_id, extra={"order_id": order_id})
         await self._await_projections(result.position)
         return order.to_snapshot()
 
