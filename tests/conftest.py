@@ -1,9 +1,9 @@
-"""Shared fixtures: database backends, with PostgreSQL required under CI=true."""
+"""Shared fixtures: database backends, with PostgreSQL required under CI=true. The servers'
+addresses and the skip-or-fail rule live in the kit (``tests.helpers.backends``)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,16 +11,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-PG_URL = os.environ.get("ORDERMESH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-PG_HOW = (
-    "PostgreSQL is not reachable at {url} ({error}). Start it with "
-    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
-    "or point ORDERMESH_TEST_POSTGRES_URL at a server."
-)
+from tests.helpers.backends import AMQP_URL, PG_HOW, PG_URL, in_ci, missing, require_rabbitmq
 
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# Test modules that still import these from here (tests.conftest) keep working; new ones import
+# them from tests.helpers.
+__all__ = ["AMQP_URL", "PG_URL", "in_ci", "require_rabbitmq"]
 
 
 async def _admin(statement: str) -> None:
@@ -41,10 +36,7 @@ def pg_url() -> Iterator[str]:
     try:
         asyncio.run(_admin(f"CREATE SCHEMA {schema}"))
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        message = PG_HOW.format(url=PG_URL, error=exc)
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing(PG_HOW.format(url=PG_URL, error=exc))
     sep = "&" if "?" in PG_URL else "?"
     yield f"{PG_URL}{sep}search_path={schema}"
     asyncio.run(_admin(f"DROP SCHEMA {schema} CASCADE"))
@@ -66,28 +58,6 @@ def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/test.db"
     return str(request.getfixturevalue("pg_url"))
-
-
-AMQP_URL = os.environ.get("ORDERMESH_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-AMQP_HOW = (
-    "RabbitMQ is not reachable at {url} ({error}). Start it with `rabbitmq-server -detached` "
-    "or point ORDERMESH_TEST_AMQP_URL at a server."
-)
-
-
-def require_rabbitmq() -> None:
-    """Outside CI a missing RabbitMQ skips; under CI=true it fails, saying how to start one."""
-    import socket
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(AMQP_URL)
-    try:
-        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=3).close()
-    except OSError as exc:
-        message = AMQP_HOW.format(url=AMQP_URL, error=exc)
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("amqp", marks=pytest.mark.rabbitmq)])

@@ -1,5 +1,6 @@
-"""Issue 10, live streams: idle feeds share one wake-up (no per-stream polling), a replay from 0
-keeps bounded memory and lets it go, and a user's open feeds are capped."""
+"""Issue 10, live streams: idle feeds share one wake-up (no per-stream polling: the contract in
+``tests/contract/suites/limits_feed.py``, on SQLite and PostgreSQL), a replay from 0 keeps bounded
+memory and lets it go, and a user's open feeds are capped."""
 
 from __future__ import annotations
 
@@ -8,26 +9,23 @@ import gc
 import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
 
 import pytest
 
 from ordermesh.errors import RateLimited
 from ordermesh.eventstore.model import NewEvent
-from ordermesh.eventstore.sql import SqlEventStore
-from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 from ordermesh.services.orders.updates import OrderFeed
-from tests.helpers import take
+from tests.contract.suites.limits_feed import LINES, FeedWakeUpContract
+from tests.helpers import OnPostgres, OnSqlite, take
 
-LINES = [OrderLine("A", 1, 100)]
+
+class TestSqliteFeedWakeUp(OnSqlite, FeedWakeUpContract):
+    pass
 
 
-@pytest.fixture
-async def sql_system(sql_url: str) -> AsyncIterator[OrderSystem]:
-    s = await build_order_system(sql_url)
-    yield s
-    await s.close()
+class TestPostgresFeedWakeUp(OnPostgres, FeedWakeUpContract):
+    pass
 
 
 @pytest.fixture
@@ -35,48 +33,6 @@ async def memory_system() -> AsyncIterator[OrderSystem]:
     s = await build_order_system("memory://")
     yield s
     await s.close()
-
-
-async def _first(updates: AsyncIterator[Any]) -> Any:
-    return await updates.__anext__()
-
-
-async def test_idle_feeds_share_one_wake_up_and_all_see_another_process_write(
-    sql_system: OrderSystem, sql_url: str
-) -> None:
-    feed = OrderFeed(sql_system.service, asyncio.Event(), max_per_user=1)
-    store = sql_system.store
-    assert isinstance(store, SqlEventStore)
-    reads = 0
-    read_all = store.read_all
-
-    async def counted(after: int = 0, limit: int = 1000) -> list[Any]:
-        nonlocal reads
-        reads += 1
-        return await read_all(after, limit)
-
-    store.read_all = counted  # type: ignore[method-assign]
-    users = [f"user-{i}" for i in range(50)]
-    streams = [feed.updates(u, user_id=u) for u in users]
-    firsts = [asyncio.ensure_future(_first(s)) for s in streams]
-    await asyncio.sleep(0.3)
-    assert reads == len(users)  # each read the head once, and now waits
-    await asyncio.sleep(1.0)  # four poll intervals of the store (0.25 s)
-    assert reads == len(users), "idle feeds must not poll the store"
-    assert store._signal.waiters == len(users) and store._signal.polling
-
-    # Another process (its own store on the same database) appends: one poll wakes every feed.
-    other = await build_order_system(sql_url)
-    try:
-        for user in users:
-            await other.service.create_order(user, "u@example.com", "EUR", LINES)
-    finally:
-        await other.close()
-    got = await asyncio.wait_for(asyncio.gather(*firsts), 10)
-    assert [order["user_id"] for _, order in got] == users
-    for stream in streams:
-        await stream.aclose()  # type: ignore[attr-defined]
-    assert store._signal.waiters == 0
 
 
 async def _fill(system: OrderSystem, others: int, own: int) -> int:
@@ -140,20 +96,20 @@ async def test_a_user_may_hold_so_many_feeds_open(memory_system: OrderSystem) ->
     feed = OrderFeed(memory_system.service, asyncio.Event(), max_per_user=2)
     await memory_system.service.create_order("alice", "a@example.com", "EUR", LINES)
     one, two = feed.updates("alice", user_id="alice"), feed.updates("alice", user_id="alice")
-    await _first(one)
-    await _first(two)
+    await anext(one)
+    await anext(two)
     third = feed.updates("alice", user_id="alice")
     with pytest.raises(RateLimited, match="at most 2"):
-        await _first(third)
+        await anext(third)
     assert feed.open_streams("alice") == 2
     await memory_system.service.create_order("bob", "b@example.com", "EUR", LINES)
     bobs = feed.updates("bob", user_id="bob")
-    await _first(bobs)  # the cap is per user
+    await anext(bobs)  # the cap is per user
     await bobs.aclose()  # type: ignore[attr-defined]
     await one.aclose()  # type: ignore[attr-defined]
     assert feed.open_streams("alice") == 1
     again = feed.updates("alice", user_id="alice")
-    await _first(again)
+    await anext(again)
     for stream in (two, again):
         await stream.aclose()  # type: ignore[attr-defined]
     assert feed.open_streams("alice") == 0

@@ -7,12 +7,9 @@ import asyncio
 import json
 import re
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 from rich.console import Console
 
@@ -22,19 +19,9 @@ from ordermesh.client.payments import PaymentsClient
 from ordermesh.config import Settings
 from ordermesh.demo import Row, summarize
 from ordermesh.errors import NotFound
-from tests.e2e.test_system import BIN, start_up
-from tests.helpers import free_port
+from tests.helpers import BIN, eventually_sync, free_port
 
 STOCK = 1000  # each of SKU-1 … SKU-9 in the demo catalog
-
-
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    proc, url, env = start_up(tmp_path)
-    yield url, env
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
 
 
 def demo(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -147,16 +134,16 @@ def test_with_payments_failing_the_demo_shows_the_breaker_open_and_the_parked_or
     assert cleared.returncode == 0 and "payments: faults cleared" in cleared.stdout
     tokens = Tokens(Settings.from_env(env))
     users = sorted(set(re.findall(r"demo-[0-9a-f]{6}-\d+", out)))
-    deadline = time.monotonic() + 60
-    while True:
+
+    def all_ended() -> list[dict[str, Any]]:
         orders: list[dict[str, Any]] = []
         for user in users:
             headers = {"Authorization": f"Bearer {tokens.issue(user)}"}
             answer = requests.get(f"{url}/api/users/{user}/orders", headers=headers, timeout=5)
             orders += answer.json()["orders"]
-        if len(orders) == 6 and all(o["status"] in ("shipped", "cancelled") for o in orders):
-            break
-        assert time.monotonic() < deadline, orders
-        time.sleep(0.2)  # other processes' sagas: nothing to wait on but polling
+        assert len(orders) == 6 and all(o["status"] in ("shipped", "cancelled") for o in orders), orders
+        return orders
+
+    orders = eventually_sync(all_ended, interval=0.2)  # other processes' sagas: polled
     assert sum(o["status"] == "shipped" for o in orders) == 4  # the declined and the short one cancel
     asyncio.run(_check_money_and_stock(env, tokens, orders))

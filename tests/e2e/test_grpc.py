@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ from ordermesh.client import OrdermeshClient, OrdersGrpcClient, SyncOrdersGrpcCl
 from ordermesh.errors import NotFound, PermissionDenied, Unauthenticated, ValidationError
 from ordermesh.orders.v1.orders_pb2 import GetUserOrdersRequest, StreamRequest
 from ordermesh.orders.v1.orders_pb2_grpc import OrderServiceStub
-from tests.e2e.test_system import cli, start_up
-from tests.helpers import free_port
+from tests.helpers import cli, eventually, eventually_sync, free_port, start_up
 
 ITEMS = [{"sku": "SKU-1", "quantity": 2, "unit_price": 1250}]
 
@@ -37,11 +35,12 @@ def server(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
 
 def settle(rest: OrdermeshClient, order_id: str, timeout: float = 30) -> dict[str, Any]:
     """The order once its saga has shipped or cancelled it (``ordermesh up`` runs the saga)."""
-    deadline = time.monotonic() + timeout
-    while (order := rest.get_order(order_id))["status"] not in ("shipped", "cancelled"):
-        assert time.monotonic() < deadline, order
-        time.sleep(0.05)
-    return order
+
+    def ended() -> dict[str, Any] | None:
+        order = rest.get_order(order_id)
+        return order if order["status"] in ("shipped", "cancelled") else None
+
+    return eventually_sync(ended, timeout, what=f"order {order_id} shipped or cancelled")
 
 
 def token_for(env: dict[str, str], user: str) -> str:
@@ -158,7 +157,7 @@ async def test_a_stream_resumes_after_kill_9_with_no_gap_and_no_duplicate(tmp_pa
         with OrdermeshClient(url, token=token) as rest:
             for _ in range(3):
                 rest.create_order("alice@example.com", "EUR", ITEMS)
-        await _until(lambda: created() == 3)
+        await eventually(lambda: created() == 3, 20)
         proc.kill()  # kill -9: no goodbye, the stream just breaks
         proc.wait()
         proc, url, env = start_up(tmp_path, port, grpc_port)
@@ -197,15 +196,6 @@ async def test_clean_shutdown_ends_streams_with_unavailable(tmp_path: Path) -> N
         assert "resume after position" in (ended.value.details() or "")
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
-
-
-async def _until(condition: Any, timeout: float = 20) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_grpc_call_continues_the_callers_trace_into_the_events(

@@ -6,11 +6,7 @@ order.created message, one mail)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -20,20 +16,7 @@ from ordermesh.db import connect
 from ordermesh.eventstore.sql import SqlEventStore
 from ordermesh.failpoints import ENV
 from ordermesh.services.orders.commands import AFTER_APPEND
-from tests.e2e.test_system import BIN, cli
-from tests.helpers import free_port, order_body
-
-
-def _start(env: dict[str, str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([str(BIN), "run", "orders"], env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while proc.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(requests.ConnectionError):
-            if requests.get(f"{env['URL']}/readyz", timeout=1).status_code == 200:
-                return proc
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"ordermesh run orders did not become ready:\n{proc.communicate()[1]}")
+from tests.helpers import clean_env, cli, free_port, order_body, start_service, stop
 
 
 async def _created_events(url: str) -> list[str]:
@@ -47,43 +30,35 @@ async def _created_events(url: str) -> list[str]:
 
 
 def test_a_kill_between_the_order_and_its_key_leaves_one_order(tmp_path: Path, sql_url: str) -> None:
-    port = free_port()
-    env = {
-        **{
-            k: v for k, v in os.environ.items() if k not in ("ORDERMESH_DATABASE_URL", "ORDERMESH_BROKER_URL")
-        },
-        "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
-        "ORDERMESH_ORDERS_DATABASE_URL": sql_url,
-        "ORDERMESH_HTTP_PORT": str(port),
-        "ORDERMESH_GRPC_PORT": str(free_port()),
-        "URL": f"http://127.0.0.1:{port}",
-    }
+    port = str(free_port())
+    env = clean_env(
+        ORDERMESH_DATA_DIR=str(tmp_path / "data"),
+        ORDERMESH_ORDERS_DATABASE_URL=sql_url,
+        ORDERMESH_HTTP_PORT=port,
+        ORDERMESH_GRPC_PORT=str(free_port()),
+    )
     token = cli(env, "token", "alice").strip().splitlines()[-1]
     headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "kill-9"}
-    orders = f"{env['URL']}/api/orders"
+    orders = f"http://127.0.0.1:{port}/api/orders"
+    log = tmp_path / "orders.log"
 
-    proc = _start({**env, ENV: f"{AFTER_APPEND}=kill"})
+    proc = start_service("orders", {**env, ENV: f"{AFTER_APPEND}=kill"}, port, log)
     try:
         with pytest.raises(requests.ConnectionError):
             requests.post(orders, json=order_body(), headers=headers, timeout=10)
         assert proc.wait(10) == -signal.SIGKILL
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc, signal.SIGKILL)
     [created] = asyncio.run(_created_events(sql_url))  # committed before the kill
 
-    proc = _start(env)
+    proc = start_service("orders", env, port, log)
     try:
         first = requests.post(orders, json=order_body(), headers=headers, timeout=10)
         again = requests.post(orders, json=order_body(), headers=headers, timeout=10)
         other = requests.post(orders, json=order_body(currency="USD"), headers=headers, timeout=10)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        code = stop(proc, signal.SIGTERM, timeout=20)
+    assert code == 0, log.read_text()
     assert (first.status_code, first.headers["Idempotent-Replayed"]) == (201, "true")
     assert first.json()["id"] == created and first.headers["Location"] == f"/api/orders/{created}"
     assert (again.status_code, again.json()) == (201, first.json())

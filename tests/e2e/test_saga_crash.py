@@ -6,8 +6,8 @@ effect twice (checked against the payment ledger and the stock)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from ordermesh.auth import Tokens
 from ordermesh.client.inventory import InventoryClient
 from ordermesh.client.payments import PaymentsClient
 from ordermesh.config import Settings
-from tests.helpers import Fleet
+from tests.helpers import AMQP_URL, Fleet, eventually_sync, require_rabbitmq
 
 
 @pytest.fixture
@@ -52,18 +52,41 @@ def place(fleet: Fleet) -> str:
     return str(answer.json()["id"])
 
 
-def settled(fleet: Fleet, order_id: str, timeout: float = 40) -> tuple[dict[str, Any], dict[str, Any]]:
+def saga_of(fleet: Fleet, order_id: str) -> dict[str, Any] | None:
     headers = {"Authorization": f"Bearer {TOKENS.issue('kim')}"}
-    deadline = time.monotonic() + timeout
-    while True:
-        order = requests.get(
-            f"{fleet.url('orders')}/api/orders/{order_id}", headers=headers, timeout=5
-        ).json()
-        saga = requests.get(f"{fleet.url('orders')}/api/orders/{order_id}/saga", headers=headers, timeout=5)
-        if saga.status_code == 200 and saga.json()["state"] == "completed" and order["status"] == "shipped":
-            return order, saga.json()
-        assert time.monotonic() < deadline, (order, saga.text)
-        time.sleep(0.1)
+    saga = requests.get(f"{fleet.url('orders')}/api/orders/{order_id}/saga", headers=headers, timeout=5)
+    return dict(saga.json()) if saga.status_code == 200 else None
+
+
+def settled(fleet: Fleet, order_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The order and its saga once it has shipped (another process's saga: polled)."""
+    headers = {"Authorization": f"Bearer {TOKENS.issue('kim')}"}
+
+    def shipped() -> tuple[dict[str, Any], dict[str, Any]]:
+        order = requests.get(f"{fleet.url('orders')}/api/orders/{order_id}", headers=headers, timeout=5)
+        saga = saga_of(fleet, order_id)
+        assert saga is not None and saga["state"] == "completed", saga
+        assert order.json()["status"] == "shipped", order.text
+        return order.json(), saga
+
+    return eventually_sync(shipped, interval=0.1)
+
+
+def met_the_missing_inventory(fleet: Fleet, order_id: str, style: str) -> bool:
+    """Orchestrated: a call to inventory (stock, or commit) failed and waits to be tried again,
+    unless the saga was done with inventory before it was killed; choreographed: the order is
+    paid, and payment.processed waits in inventory's queue."""
+    if style == "choreographed":
+        return step_of(fleet, order_id, "payment").get("outcome") == "succeeded"
+    stock, commit = step_of(fleet, order_id, "stock"), step_of(fleet, order_id, "commit")
+    waiting = {stock.get("outcome"), commit.get("outcome")} & {"retrying", "parked"}
+    return bool(waiting) or commit.get("outcome") == "succeeded"
+
+
+def step_of(fleet: Fleet, order_id: str, name: str) -> dict[str, Any]:
+    """The saga log's record of step ``name`` of the order's saga ({} until there is one)."""
+    steps = (saga_of(fleet, order_id) or {}).get("steps", [])
+    return next((dict(s) for s in steps if s["name"] == name), {})
 
 
 async def downstream_effects(fleet: Fleet, order_id: str) -> tuple[int, int, Any]:
@@ -98,7 +121,8 @@ def test_a_downstream_killed_under_a_saga_is_waited_for(fleet: Fleet) -> None:
     fleet.procs["inventory"].kill()  # kill -9 inventory: the saga's next step cannot be made
     fleet.procs["inventory"].wait()
     order_id = place(fleet)
-    time.sleep(2.0)  # longer than a step may take: the saga retries on its durable wake-ups
+    # The stock step fails, and the saga tries it again on its durable wake-ups.
+    eventually_sync(lambda: step_of(fleet, order_id, "stock").get("attempts", 0) >= 2, interval=0.1)
     fleet.start("inventory")
     _, saga = settled(fleet, order_id)
     stock = next(s for s in saga["steps"] if s["name"] == "stock")
@@ -144,8 +168,6 @@ def test_both_styles_on_postgresql_and_rabbitmq_with_a_service_killed(
     between them, each its own process; inventory is killed -9 with orders in flight."""
     import uuid
 
-    from tests.conftest import AMQP_URL, require_rabbitmq
-
     require_rabbitmq()
     fleet = Fleet(tmp_path / "data")
     fleet.env |= {
@@ -160,7 +182,10 @@ def test_both_styles_on_postgresql_and_rabbitmq_with_a_service_killed(
         ids = [place(fleet) for _ in range(3)]
         fleet.procs["inventory"].kill()
         fleet.procs["inventory"].wait()
-        time.sleep(1.5)  # the sagas meet a missing inventory
+        for order_id in ids:
+            eventually_sync(
+                functools.partial(met_the_missing_inventory, fleet, order_id, style), interval=0.1
+            )
         fleet.start("inventory")
         for order_id in ids:
             order, saga = settled(fleet, order_id)

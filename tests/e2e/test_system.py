@@ -1,17 +1,18 @@
-"""The system as a user meets it: `ordermesh up` in its own process, the CLI and the clients."""
+"""The system as a user meets it: `ordermesh up` in its own process, the CLI and the clients.
+(``start_up``, ``cli`` and the ``system`` fixture are the kit's: ``tests.helpers.processes``,
+``tests/e2e/conftest.py``.)"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -19,87 +20,21 @@ import requests
 from ordermesh import tracing
 from ordermesh.client import AsyncOrdermeshClient, OrdermeshClient
 from ordermesh.errors import NotFound, PermissionDenied, Unauthenticated
-from tests.conftest import AMQP_URL, require_rabbitmq
-from tests.helpers import free_port
-
-BIN = Path(sys.executable).parent / "ordermesh"
-
-
-def cli(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, check=True)
-    return done.stdout
-
-
-def start_up(
-    tmp_path: Path, port: int | None = None, grpc_port: int | None = None, broker_url: str | None = None
-) -> tuple[subprocess.Popen[str], str, dict[str, str]]:
-    """Run `ordermesh up` (free ports unless given, its own data dir); return once /readyz answers
-    200. The gRPC port is in the returned env as ORDERMESH_GRPC_PORT."""
-    port = port or free_port()
-    env = {
-        **os.environ,
-        "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
-        "ORDERMESH_GRPC_PORT": str(grpc_port or free_port()),
-        **{f"ORDERMESH_{name.upper()}": str(free_port()) for name in OTHER_PORTS},
-        "COLUMNS": "200",
-    }
-    for name in ("ORDERMESH_DATABASE_URL", "ORDERMESH_BROKER_URL", "ORDERMESH_SMTP_URL"):
-        env.pop(name, None)
-    if broker_url is not None:
-        env["ORDERMESH_BROKER_URL"] = broker_url
-    proc = subprocess.Popen(
-        [str(BIN), "up", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    env["ORDERMESH_HTTP_PORT"] = str(port)
-    waiting = set(health_urls(env))
-    deadline = time.monotonic() + 60
-    while waiting:
-        for health in list(waiting):
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(health, timeout=1).status_code == 200:
-                    waiting.discard(health)
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"ordermesh up did not become ready ({waiting}):\n{proc.communicate()[0]}")
-        time.sleep(0.1)
-    return proc, url, env
-
-
-OTHER_PORTS = (
-    "mail_sink_port",
-    "notifications_http_port",
-    "payments_http_port",
-    "payments_grpc_port",
-    "inventory_http_port",
-    "inventory_grpc_port",
-    "shipping_http_port",
+from tests.helpers import (
+    AMQP_URL,
+    BIN,
+    HTTP_PORTS,
+    UP_LOG,
+    clean_env,
+    cli,
+    eventually_sync,
+    free_port,
+    health_urls,
+    require_rabbitmq,
+    start_service,
+    start_up,
+    stop,
 )
-HTTP_PORTS = {
-    "orders": "ORDERMESH_HTTP_PORT",
-    "payments": "ORDERMESH_PAYMENTS_HTTP_PORT",
-    "inventory": "ORDERMESH_INVENTORY_HTTP_PORT",
-    "shipping": "ORDERMESH_SHIPPING_HTTP_PORT",
-    "notifications": "ORDERMESH_NOTIFICATIONS_HTTP_PORT",
-}
-
-
-def health_urls(env: dict[str, str]) -> dict[str, str]:
-    """Each of the five services' /readyz, by URL."""
-    return {f"http://127.0.0.1:{env[variable]}/readyz": name for name, variable in HTTP_PORTS.items()}
-
-
-@pytest.fixture
-def system(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    proc, url, env = start_up(tmp_path)
-    yield url, env
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
@@ -117,12 +52,7 @@ def system_on_each_broker(
     try:
         yield url, env
     finally:
-        proc.send_signal(signal.SIGINT)  # a clean stop: the notification child cancels its consumers
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)  # a clean stop (Ctrl-C): the notification child cancels its consumers
         # the system really ran on RabbitMQ: the notification queues were there
         assert f"{prefix}notifications.order_created" in _delete_namespace(prefix)
 
@@ -147,13 +77,11 @@ def _delete_namespace(prefix: str) -> list[str]:
 
 def test_up_serves_the_api_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     proc, url, _ = start_up(tmp_path)
-    try:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out
+    # Its banner comes once the supervisor has seen every service ready (start_up saw them too).
+    eventually_sync(lambda: "Ctrl-C stops." in (tmp_path / UP_LOG).read_text(), what="the banner")
+    code = stop(proc, timeout=20)
+    out = (tmp_path / UP_LOG).read_text()
+    assert code == 0, out
     assert f"{url}/api" in out and "ORDERMESH_TOKEN=ey" in out
     assert "development default" in out
 
@@ -168,13 +96,11 @@ def test_up_runs_five_healthy_processes_and_brings_a_killed_one_back(tmp_path: P
         assert set(by_service) == set(HTTP_PORTS), children  # one process per service
         os.kill(by_service["payments"], signal.SIGKILL)
         payments = f"http://127.0.0.1:{env['ORDERMESH_PAYMENTS_HTTP_PORT']}/readyz"
-        deadline = time.monotonic() + 30
-        back = False
-        while not back and time.monotonic() < deadline:
-            time.sleep(0.2)
-            with contextlib.suppress(requests.ConnectionError):
-                back = requests.get(payments, timeout=1).status_code == 200
-        assert back, "the supervisor did not restart payments"
+        eventually_sync(
+            lambda: requests.get(payments, timeout=1).status_code == 200,
+            what="the supervisor restarted payments",
+            ignoring=(requests.ConnectionError,),
+        )
         for health in health_urls(env):
             assert requests.get(health, timeout=2).status_code == 200, health
         # The operator's view of the same system.
@@ -184,9 +110,9 @@ def test_up_runs_five_healthy_processes_and_brings_a_killed_one_back(tmp_path: P
             f"{name}.db" for name in HTTP_PORTS
         }
     finally:
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out
+        code = stop(proc)
+    out = (tmp_path / UP_LOG).read_text()
+    assert code == 0, out
     assert "payments exited with code -9; restarting in 1 s" in out
     leftover = subprocess.run(
         ["pgrep", "-f", env["ORDERMESH_DATA_DIR"]], capture_output=True, text=True
@@ -201,11 +127,7 @@ def test_a_busy_port_is_one_line_and_nothing_starts(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = int(taken.getsockname()[1])
-        env = {
-            **os.environ,
-            "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
-            "ORDERMESH_PAYMENTS_GRPC_PORT": str(busy),
-        }
+        env = clean_env(ORDERMESH_DATA_DIR=str(tmp_path / "data"), ORDERMESH_PAYMENTS_GRPC_PORT=str(busy))
         done = subprocess.run([str(BIN), "up"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert done.stdout.strip().splitlines() == [
@@ -252,15 +174,16 @@ def test_clients_cli_and_the_seed_snippet_against_a_real_server(system: tuple[st
 
     # The seed's snippet, made real.
     user_id = "alice"
-    deadline = time.monotonic() + 10
-    while True:
+
+    def both() -> list[dict[str, Any]]:
         response = requests.get(
             f"{url}/api/users/{user_id}/orders", headers={"Authorization": f"Bearer {token}"}, timeout=5
         )
-        orders = response.json()["orders"]
-        if len(orders) == 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        orders: list[dict[str, Any]] = response.json()["orders"]
+        assert len(orders) == 2, orders
+        return orders
+
+    orders = eventually_sync(both, 10, interval=0.1)
     assert [o["items"][0]["sku"] for o in orders] == ["SKU-9", "SKU-1"]
     assert orders[1]["id"] == order["id"] and orders[1]["user_email"] == "alice@example.com"
 
@@ -303,10 +226,14 @@ def test_an_order_placed_over_rest_is_confirmed_by_email(
     assert response.status_code == 201, response.text
     order = response.json()
     store = Path(env["ORDERMESH_DATA_DIR"]) / "mail.jsonl"
-    deadline = time.monotonic() + 30
+
+    def both_mails() -> list[Any]:
+        mails = list_mail(store)
+        assert len(mails) >= 2, mails
+        return mails
+
     # The confirmation, then (the saga pays, reserves and ships it) the shipping mail: one each.
-    while len(mails := list_mail(store)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    mails = eventually_sync(both_mails, 30, interval=0.1)
     assert sorted((m.rcpt_tos[0], m.subject) for m in mails) == [
         ("dora@example.com", f"Order {order['id']} confirmed"),
         ("dora@example.com", f"Order {order['id']} shipped"),
@@ -354,29 +281,20 @@ def test_the_readmes_python_snippets_run_as_written(system: tuple[str, dict[str,
 @pytest.mark.parametrize("service", ["payments", "shipping"])
 def test_run_serves_one_service_and_sigterm_drains_it_to_exit_0(tmp_path: Path, service: str) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "ORDERMESH_DATA_DIR": str(tmp_path / "data"),
-        f"ORDERMESH_{service.upper()}_HTTP_PORT": str(port),
-        "ORDERMESH_PAYMENTS_GRPC_PORT": str(free_port()),
-    }
-    proc = subprocess.Popen([str(BIN), "run", service], env=env, stderr=subprocess.PIPE, text=True)
+    env = clean_env(
+        ORDERMESH_DATA_DIR=str(tmp_path / "data"),
+        ORDERMESH_PAYMENTS_GRPC_PORT=str(free_port()),
+        **{f"ORDERMESH_{service.upper()}_HTTP_PORT": str(port)},
+    )
+    log = tmp_path / f"{service}.log"
+    proc = start_service(service, env, str(port), log)
     try:
-        deadline = time.monotonic() + 30
-        ready = False
-        while not ready and proc.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(requests.ConnectionError):
-                ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-            time.sleep(0.05)
-        assert ready, "the service did not become ready"
         # Its own database, in the data dir, with the embedded broker beside it: the defaults of `up`.
         assert (tmp_path / "data" / f"{service}.db").exists() and (tmp_path / "data" / "broker.db").exists()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=20)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+        code = stop(proc, signal.SIGTERM, timeout=20)
+    err = log.read_text()
+    assert code == 0, err
     assert f"{service}: stopped" in err
 
 
@@ -391,14 +309,13 @@ def test_kill_9_of_up_takes_its_services_and_ports_with_it(tmp_path: Path) -> No
     proc, _, env = start_up(tmp_path)
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 0.5  # the kernel kills the children at once (reaping is init's)
-    alive = ["?"]
-    while alive and time.monotonic() < deadline:
+
+    def alive() -> list[str]:
         listed = subprocess.run(["pgrep", "-f", env["ORDERMESH_DATA_DIR"]], capture_output=True, text=True)
-        alive = [pid for pid in listed.stdout.split() if _running(pid)]
-        time.sleep(0.05)
-    assert alive == [], f"services outlived their supervisor: {alive}"
+        return [pid for pid in listed.stdout.split() if _running(pid)]
+
+    # The kernel kills the children at once (reaping is init's): gone within a moment.
+    eventually_sync(lambda: not alive(), 5, what="services gone with their supervisor")
     # and so a restart on the same ports starts at once
     again, _, _ = start_up(tmp_path, int(env["ORDERMESH_HTTP_PORT"]), int(env["ORDERMESH_GRPC_PORT"]))
-    again.send_signal(signal.SIGINT)
-    assert again.wait(30) == 0
+    assert stop(again) == 0

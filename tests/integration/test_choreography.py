@@ -2,7 +2,7 @@
 that stalls (a service down past the deadline) is cancelled and compensated; a service that is
 down while orders come in loses none of them when it is back; and an event delivered again (a
 copy with the same id, or a re-send with a new one) changes nothing twice. The invariants of
-``test_order_saga`` are checked after each."""
+``tests.helpers.saga`` are checked after each."""
 
 from __future__ import annotations
 
@@ -35,10 +35,17 @@ from ordermesh.services.payments.consumers import REACTED as PAYMENTS_REACTED
 from ordermesh.services.payments.spec import SPEC as PAYMENTS
 from ordermesh.services.shipping.consumers import REACTED as SHIPPING_REACTED
 from ordermesh.services.shipping.spec import SPEC as SHIPPING
-from tests.conftest import PG_URL
-from tests.integration.test_order_saga import System, broker_for, drop_topology, fulfilment
+from tests.helpers import (
+    CHOREOGRAPHED,
+    PG_URL,
+    System,
+    broker_for,
+    drop_topology,
+    eventually,
+    fulfilment,
+)
 
-STYLES = ["choreographed", pytest.param("choreographed-amqp", marks=pytest.mark.rabbitmq)]
+STYLES = CHOREOGRAPHED
 
 REACTED = (PAYMENTS_REACTED, INVENTORY_REACTED, SHIPPING_REACTED, ORDERS_REACTED)
 # Who follows each routing key in the choreography (its inbox's consumer name).
@@ -104,7 +111,7 @@ async def test_orders_placed_while_payments_is_down_all_ship_once_it_is_back(
         # The payments runtime is only needed for the invariants: a placeholder until it is back.
         system = System(orders, orders, inventory, http, orders.tokens, "choreographed")
         ids = [await system.place(items) for items in placed]
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # time for a saga to move, were anything to move it
         for order_id in ids:  # nothing moves without payments
             assert (await system.get(f"/api/orders/{order_id}"))[1]["status"] == "pending"
         system.payments = await stack.enter_async_context(running(PAYMENTS, base))
@@ -133,7 +140,9 @@ async def test_an_event_delivered_again_changes_nothing_twice(style: str, tmp_pa
             order_id = await system.place([{"sku": "SKU-9", "quantity": 2, "unit_price": 450}])
             before = await system.settled(order_id)
             assert before["order"]["status"] == "shipped"
-            await _until(lambda: {m.routing_key for _, m in seen} >= set(FOLLOWERS))
+            await eventually(
+                lambda: {m.routing_key for _, m in seen} >= set(FOLLOWERS), what="every choreography event"
+            )
             state = await _state(system, order_id)
             originals = [(x, m) for x, m in seen if m.routing_key in FOLLOWERS]
             assert sorted(m.routing_key for _, m in originals) == sorted(FOLLOWERS)  # each exactly once
@@ -144,7 +153,7 @@ async def test_an_event_delivered_again_changes_nothing_twice(style: str, tmp_pa
                 await spy.publish(exchange, [message])
             for _, message in resent:
                 for consumer in FOLLOWERS[message.routing_key]:
-                    await _until_in_inbox(tmp_path, consumer, message.message_id)
+                    await _recorded_in_inbox(tmp_path, consumer, message.message_id)
             await asyncio.sleep(0.5)  # anything a second reaction would publish has been published
             assert await _state(system, order_id) == state
             published = {m.message_id for _, m in originals + resent}
@@ -177,25 +186,12 @@ async def _state(system: System, order_id: str) -> Any:
     )
 
 
-async def _until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
-async def _until_in_inbox(tmp_path: Path, consumer: str, message_id: str, timeout: float = 10.0) -> None:
+async def _recorded_in_inbox(tmp_path: Path, consumer: str, message_id: str) -> None:
+    """Until ``consumer``'s inbox (its service's SQLite file) has recorded ``message_id``."""
     db = await connect(f"sqlite:///{tmp_path / (consumer + '.db')}")
+    sql = "SELECT 1 FROM inbox WHERE consumer = $1 AND message_id = $2"
     try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while (
-            await db.fetchrow(
-                "SELECT 1 FROM inbox WHERE consumer = $1 AND message_id = $2", consumer, message_id
-            )
-            is None
-        ):
-            assert asyncio.get_running_loop().time() < deadline, (consumer, message_id)
-            await asyncio.sleep(0.02)
+        await eventually(lambda: db.fetchrow(sql, consumer, message_id), what=f"{consumer} got {message_id}")
     finally:
         await db.close()
 
@@ -257,7 +253,7 @@ async def test_the_choreography_on_postgresql(pg_url: str, tmp_path: Path) -> No
             ids = [await system.place(items, user=f"u{n}") for n, items in enumerate(placed)]
             settled = {}
             for n, order_id in enumerate(ids):
-                settled[order_id] = await _settled_as(system, order_id, f"u{n}")
+                settled[order_id] = await system.settled(order_id, user=f"u{n}")
             await system.check_invariants(settled)
         statuses = [settled[i]["order"]["status"] for i in ids]
         assert statuses == ["shipped", "cancelled", "cancelled"]
@@ -269,27 +265,6 @@ async def test_the_choreography_on_postgresql(pg_url: str, tmp_path: Path) -> No
                 await db.execute(f"DROP SCHEMA IF EXISTS {schema}_{service} CASCADE")
         finally:
             await db.close()
-
-
-async def _settled_as(system: System, order_id: str, user: str, timeout: float = 20) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        _, order = await system.get(f"/api/orders/{order_id}", user=user)
-        status, saga = await system.get(f"/api/orders/{order_id}/saga", user=user)
-        if (
-            status == 200
-            and saga["state"] in ("completed", "compensated")
-            and order["status"]
-            in (
-                "shipped",
-                "cancelled",
-            )
-        ):
-            _, events = await system.get(f"/api/orders/{order_id}/events", user=user)
-            if order["version"] == len(events["events"]):
-                return {"order": order, "saga": saga}
-        assert asyncio.get_running_loop().time() < deadline, (order, saga)
-        await asyncio.sleep(0.02)
 
 
 async def test_every_order_gets_one_confirmation_and_one_final_mail(tmp_path: Path) -> None:
@@ -305,7 +280,7 @@ async def test_every_order_gets_one_confirmation_and_one_final_mail(tmp_path: Pa
                 ]
                 ids = [await system.place(items, user=f"m{n}") for n, items in enumerate(placed)]
                 for n, order_id in enumerate(ids):
-                    await _settled_as(system, order_id, f"m{n}")
+                    await system.settled(order_id, user=f"m{n}")
                 await sink.wait_for(6)
                 await asyncio.sleep(0.5)  # a seventh mail would be a duplicate
         subjects = sorted(m.subject for m in sink.received)

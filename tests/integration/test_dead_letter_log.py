@@ -5,7 +5,6 @@ tests cover its line."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +12,8 @@ import pytest
 
 from ordermesh.messaging.embedded import EmbeddedBroker
 from ordermesh.messaging.memory import MemoryBroker
-from ordermesh.messaging.port import Broker, DeadLetter, Delivery, Message, PermanentError, RetryPolicy
+from ordermesh.messaging.port import Broker, Delivery, Message, PermanentError, RetryPolicy
+from tests.helpers import dead_letters
 
 
 @pytest.fixture(params=["memory", "embedded"])
@@ -27,14 +27,6 @@ async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield opened
     finally:
         await opened.close()
-
-
-async def dead_letters(broker: Broker, count: int) -> list[DeadLetter]:
-    deadline = asyncio.get_running_loop().time() + 10
-    while len(letters := await broker.dead_letters()) < count:
-        assert asyncio.get_running_loop().time() < deadline, "not dead-lettered"
-        await asyncio.sleep(0.01)
-    return letters
 
 
 @pytest.mark.parametrize(
@@ -51,7 +43,7 @@ async def test_a_dead_letter_is_one_warning_naming_its_order(
     await broker.subscribe("payments.order_created", "orders", ["order.created"], fails, retry=retry)
     message = Message.json("order.created", {"id": "o-1"}, correlation_id="o-1")
     await broker.publish("orders", [message])
-    await dead_letters(broker, 1)
+    await dead_letters(broker, None, 1)
 
     (line,) = [r for r in caplog.records if "dead-lettered" in r.getMessage()]
     error = f"{type(failure).__name__}: {failure}"

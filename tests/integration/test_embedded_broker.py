@@ -19,17 +19,8 @@ import pytest
 
 from ordermesh.messaging import open_broker
 from ordermesh.messaging.embedded import EmbeddedBroker
-from ordermesh.messaging.port import DeadLetter, Delivery, Message, RetryPolicy
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    async def loop() -> None:
-        while True:
-            if await condition():
-                return
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(loop(), timeout)
+from ordermesh.messaging.port import Delivery, Message, RetryPolicy
+from tests.helpers import dead_letters, eventually, within
 
 
 async def pending(broker: EmbeddedBroker) -> int:
@@ -57,7 +48,7 @@ async def test_messages_survive_closing_and_reopening_the_broker(tmp_path: Path)
             done.set()
 
     await again.subscribe("q.durable", "orders", ["order.*"], handler, prefetch=1)
-    await asyncio.wait_for(done.wait(), 10)
+    await within(done.wait())
     assert [d.message for d in got] == sent
     assert all(d.attempt == 1 and not d.redelivered for d in got)
     await again.close()
@@ -96,10 +87,10 @@ async def test_a_message_whose_consumer_died_unacked_is_redelivered_after_the_le
     assert child.stdout is not None
     broker = await EmbeddedBroker.open_url(url)
     try:
-        assert (await asyncio.wait_for(child.stdout.readline(), 30)).split() == [b"ready"]
+        assert (await within(child.stdout.readline(), 30)).split() == [b"ready"]
         sent = Message.json("order.created", {"id": "o-1"})
         await broker.publish("orders", [sent])
-        line = await asyncio.wait_for(child.stdout.readline(), 10)
+        line = await within(child.stdout.readline())
         assert line.split() == [b"got", sent.message_id.encode()]
         child.send_signal(signal.SIGKILL)
         await child.wait()
@@ -113,12 +104,12 @@ async def test_a_message_whose_consumer_died_unacked_is_redelivered_after_the_le
             arrived.set()
 
         await broker.subscribe("q.crash", "orders", ["order.#"], handler)
-        await asyncio.wait_for(arrived.wait(), 10)
+        await within(arrived.wait())
         waited = time.monotonic() - killed_at
         ((delivery,),) = [got]
         assert delivery.message == sent and delivery.redelivered and delivery.attempt == 1
         assert waited < lease + 2
-        await until(lambda: _is(pending(broker), 0))  # acknowledged this time
+        await eventually(lambda: _is(pending(broker), 0))  # acknowledged this time
     finally:
         if child.returncode is None:
             child.kill()
@@ -137,7 +128,7 @@ async def test_a_handler_cancelled_on_stop_gives_its_message_back_as_redelivered
     sub = await broker.subscribe("q.hang", "orders", ["order.#"], hang)
     sent = Message.json("order.created", {"id": "o-1"})
     await broker.publish("orders", [sent])
-    await asyncio.wait_for(started.wait(), 10)
+    await within(started.wait())
     await sub.stop(grace=0.05)  # the handler never returns: cancelled, its message released
 
     got: list[Delivery] = []
@@ -148,7 +139,7 @@ async def test_a_handler_cancelled_on_stop_gives_its_message_back_as_redelivered
         arrived.set()
 
     await broker.subscribe("q.hang", "orders", ["order.#"], handler)
-    await asyncio.wait_for(arrived.wait(), 10)
+    await within(arrived.wait())
     assert got[0].message == sent and got[0].redelivered
     await broker.close()
 
@@ -173,7 +164,7 @@ async def test_two_brokers_on_one_file_never_both_handle_a_message(tmp_path: Pat
     sent = [Message.json("order.created", {"n": n}) for n in range(200)]
     for start in range(0, 200, 20):  # in batches, so both consumers are busy meanwhile
         await (one if start % 40 else two).publish("orders", sent[start : start + 20])
-    await until(lambda: _is(pending(one), 0))
+    await eventually(lambda: _is(pending(one), 0))
     assert set(handled) == {m.message_id for m in sent}
     assert max(handled.values()) == 1
     assert by[1] + by[2] == 200
@@ -199,7 +190,7 @@ async def test_a_subscription_holds_at_most_prefetch_unacked_messages(tmp_path: 
 
     await broker.subscribe("q.prefetch", "orders", ["order.#"], slow, prefetch=3)
     await broker.publish("orders", [Message.json("order.created", {"n": n}) for n in range(10)])
-    await asyncio.wait_for(three.wait(), 10)
+    await within(three.wait())
     leased = "SELECT count(*) FROM mq_messages WHERE lease_token IS NOT NULL"
     for _ in range(20):  # twenty poll intervals, and a publish's wake-up, change nothing
         await broker.publish("orders", [Message.json("order.created", {"n": "more"})])
@@ -207,7 +198,7 @@ async def test_a_subscription_holds_at_most_prefetch_unacked_messages(tmp_path: 
         assert (await broker.db.fetch(leased))[0][0] == 3
     assert peak == 3
     release.set()
-    await until(lambda: _is(pending(broker), 0))
+    await eventually(lambda: _is(pending(broker), 0))
     assert peak == 3
     await broker.close()
 
@@ -220,17 +211,6 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def dead(broker: EmbeddedBroker, count: int) -> list[DeadLetter]:
-    letters: list[DeadLetter] = []
-
-    async def enough() -> bool:
-        letters[:] = await broker.dead_letters()
-        return len(letters) >= count
-
-    await until(enough)
-    return letters
 
 
 async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered_past_the_delivery_limit(
@@ -261,7 +241,7 @@ async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered_past_t
                 await broker.publish("orders", [poison])
             else:
                 clock.now += lease + 1  # the previous consumer's lease runs out
-            await until(functools.partial(_has, crashed, n + 1))
+            await eventually(functools.partial(_has, crashed, n + 1))
         assert [(d.message, d.attempt, d.redelivered) for d in crashed] == [
             (poison, 1, False),
             (poison, 1, True),
@@ -277,7 +257,7 @@ async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered_past_t
 
         await broker.subscribe("q.poison", "orders", ["order.*"], healthy)
         clock.now += lease + 1  # its claim finds the message past the limit: dead-lettered instead
-        (letter,) = await dead(broker, 1)
+        (letter,) = await dead_letters(broker, None, 1)
         assert (letter.id, letter.queue, letter.message) == (poison.message_id, "q.poison", poison)
         assert "delivered past the queue's delivery limit without an ack" in letter.error
         assert "3 deliveries, limit 2" in letter.error
@@ -286,11 +266,11 @@ async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered_past_t
         assert await pending(broker) == 0 and got == []  # gone from the consumer queue, handed to no one
 
         await broker.replay("q.poison", poison.message_id)  # the consumer is fixed: a first attempt
-        await asyncio.wait_for(arrived.wait(), 10)
+        await within(arrived.wait())
         ((again,),) = [got]
         assert again.message == poison and again.exchange == "orders"
         assert again.attempt == 1 and not again.redelivered  # deliveries start again from zero
-        await until(lambda: _is(pending(broker), 0))  # acknowledged
+        await eventually(lambda: _is(pending(broker), 0))  # acknowledged
         assert await broker.dead_letters() == [] and len(crashed) == 3
     finally:
         await broker.close()
@@ -320,8 +300,8 @@ async def test_two_brokers_dead_letter_each_message_past_the_limit_once_and_hand
     try:
         await one.subscribe("q.mixed", "orders", ["order.#"], handle, prefetch=4)
         await two.subscribe("q.mixed", "orders", ["order.#"], handle, prefetch=4)
-        letters = await dead(one, len(poison))
-        await until(lambda: _is(pending(one), 0))
+        letters = await dead_letters(one, None, len(poison))
+        await eventually(lambda: _is(pending(one), 0))
         assert sorted(letter.id for letter in letters) == sorted(poison)  # each exactly once
         assert set(handled) == {m.message_id for m in sent} - poison
         assert max(handled.values()) == 1
@@ -343,7 +323,7 @@ async def test_retries_do_not_count_towards_the_delivery_limit(tmp_path: Path) -
         await broker.subscribe("q.retried", "orders", ["order.*"], fails, retry=retry)
         sent = Message.json("order.created", {"id": "o-1"})
         await broker.publish("orders", [sent])
-        (letter,) = await dead(broker, 1)
+        (letter,) = await dead_letters(broker, None, 1)
         # Four deliveries with a limit of one, each a retry (deliveries reset): dead-lettered
         # by the retry policy with the handler's error, not by the delivery limit.
         assert seen == [(1, False), (2, False), (3, False), (4, False)]

@@ -28,11 +28,11 @@ from ordermesh.kit.testing import running
 from ordermesh.messaging import open_broker
 from ordermesh.messaging.embedded import EmbeddedBroker
 from ordermesh.messaging.faults import with_faults
-from ordermesh.messaging.port import Delivery, Message, RetryPolicy
+from ordermesh.messaging.port import Message, RetryPolicy
 from ordermesh.payments.v1 import payments_pb2 as pb
 from ordermesh.payments.v1 import payments_pb2_grpc as pb_grpc
 from ordermesh.resilience.faults import REDELIVERY_PAUSE, FaultPlan, Faults, QueueFaults
-from tests.helpers import Collector, free_port
+from tests.helpers import Collector, dead_letters, eventually, free_port, within
 
 PAYMENTS = catalog.spec("payments")
 SHIPPING = catalog.spec("shipping")
@@ -270,12 +270,6 @@ class Scripted(random.Random):
         return self.values.pop(0)
 
 
-class Decoding(Collector):
-    async def __call__(self, delivery: Delivery) -> None:
-        delivery.message.payload()  # PermanentError for a body that is not JSON, as our consumers
-        await super().__call__(delivery)
-
-
 @pytest.fixture
 async def embedded(tmp_path: Path) -> AsyncIterator[EmbeddedBroker]:
     broker = await open_broker(f"sqlite:///{tmp_path}/bus.db")
@@ -289,26 +283,15 @@ async def subscribe(broker: Any, handler: Collector) -> None:
     await broker.subscribe("q", "orders", ["order.*"], handler, prefetch=4, retry=retry)
 
 
-async def wait_until(check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)  # another task's SQLite writes: nothing to wait on but polling
-
-
 async def test_embedded_poison_is_dead_lettered_with_the_reason(embedded: EmbeddedBroker) -> None:
-    faults, handler = Faults("notifications"), Decoding()
+    faults, handler = Faults("notifications"), Collector(decode=True)
     broker = with_faults(embedded, faults)
     await subscribe(broker, handler)
     faults.set(FaultPlan(queues={"q": QueueFaults(poison=1)}))
     message = Message.json("order.created", {"id": "o-1"})
     await broker.publish("orders", [message])
 
-    async def dead() -> bool:
-        return bool(await broker.dead_letters("q"))
-
-    await wait_until(dead)
-    [letter] = await broker.dead_letters("q")
+    [letter] = await dead_letters(broker, "q", 1)
     assert letter.id == message.message_id and letter.attempts == 1  # at once, no retries
     assert "not JSON" in letter.error and "poisoned by an injected fault" in letter.error
     assert letter.message.body == message.body and handler.got == []
@@ -337,7 +320,7 @@ async def test_embedded_drop_leaves_it_unacked_and_it_comes_again(embedded: Embe
     faults.set(FaultPlan(queues={"q": QueueFaults(drop=0.5)}))
     start = time.monotonic()
     await broker.publish("orders", [Message.json("order.created", {"id": "o-1"})])
-    await asyncio.wait_for(rng.decided.wait(), 10)
+    await within(rng.decided.wait())
     row = await embedded.db.fetchrow("SELECT count(*) FROM mq_messages WHERE queue = 'q'")
     assert row is not None and row[0] == 1  # dropped: not handled, not acknowledged
     assert handler.got == []
@@ -348,7 +331,7 @@ async def test_embedded_drop_leaves_it_unacked_and_it_comes_again(embedded: Embe
         row = await embedded.db.fetchrow("SELECT count(*) FROM mq_messages WHERE queue = 'q'")
         return row is not None and row[0] == 0
 
-    await wait_until(acked)
+    await eventually(acked, interval=0.02)  # another task's SQLite writes: polled
 
 
 def port_of(rt: Runtime) -> str:

@@ -21,8 +21,7 @@ from ordermesh.kit.testing import running
 from ordermesh.messaging.port import Message
 from ordermesh.services.orders.grpc_api import SERVICE_NAME as ORDERS
 from ordermesh.services.orders.spec import SPEC as ORDERS_SPEC
-from tests.conftest import AMQP_URL, require_rabbitmq
-from tests.helpers import Collector
+from tests.helpers import AMQP_URL, Collector, eventually, free_port, require_rabbitmq, within
 
 
 @pytest.fixture
@@ -76,19 +75,19 @@ async def test_probes_follow_start_up_and_shutdown(http: aiohttp.ClientSession, 
             await asyncio.Event().wait()
 
     task = asyncio.create_task(serve())
-    await asyncio.wait_for(building.wait(), 10)
+    await within(building.wait())
     rt = runtimes[0]
     # Bound and answering before the service is built: live, not ready.
     assert await status(http, f"{rt.http_url}/livez") == (200, '{"status":"ok"}')
     code, body = await status(http, f"{rt.http_url}/readyz")
     assert code == 503 and "payments: starting" in body
     release.set()
-    await _until(lambda: rt.started)
+    await eventually(lambda: rt.started, what="the service started")
     assert (await status(http, f"{rt.http_url}/readyz"))[0] == 200
     assert "ordermesh_http_requests" in (await status(http, f"{rt.http_url}/metrics"))[1]
 
     task.cancel()  # shutdown begins: drains run while the listener still answers
-    await asyncio.wait_for(draining.wait(), 10)
+    await within(draining.wait())
     code, body = await status(http, f"{rt.http_url}/readyz")
     assert code == 503 and "payments: stopping" in body
     drained.set()
@@ -96,13 +95,6 @@ async def test_probes_follow_start_up_and_shutdown(http: aiohttp.ClientSession, 
     with pytest.raises(aiohttp.ClientConnectionError):
         await status(http, f"{rt.http_url}/livez")
     assert rt._db is not None and not _usable(rt)
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.005)
 
 
 def _usable(rt: Runtime) -> bool:
@@ -126,7 +118,7 @@ async def test_a_failure_half_way_closes_what_was_opened_and_frees_the_ports(tmp
         opened.append(rt)
         raise RuntimeError("the service could not be built")
 
-    s = settings(tmp_path, payments_http_port=_free(), payments_grpc_port=_free())
+    s = settings(tmp_path, payments_http_port=free_port(), payments_grpc_port=free_port())
     with pytest.raises(RuntimeError, match="could not be built"):
         async with started(spec_of(build), s):
             pytest.fail("a service whose build failed must not run")
@@ -134,12 +126,6 @@ async def test_a_failure_half_way_closes_what_was_opened_and_frees_the_ports(tmp
     for port in (s.payments_http_port, s.payments_grpc_port):
         with socket.socket() as again:
             again.bind(("127.0.0.1", port))  # free again
-
-
-def _free() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("which", ["payments_http_port", "payments_grpc_port"])
@@ -153,7 +139,9 @@ async def test_a_port_in_use_fails_before_anything_is_built(tmp_path: Path, whic
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = int(taken.getsockname()[1])
-        s = settings(tmp_path, **{"payments_http_port": _free(), "payments_grpc_port": _free(), which: port})
+        s = settings(
+            tmp_path, **{"payments_http_port": free_port(), "payments_grpc_port": free_port(), which: port}
+        )
         with pytest.raises(ConfigError) as caught:
             async with started(spec_of(build), s):
                 pass
@@ -173,7 +161,7 @@ def test_the_process_says_an_unreachable_database_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     env = {
-        "ORDERMESH_PAYMENTS_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{_free()}/nowhere",
+        "ORDERMESH_PAYMENTS_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere",
         "ORDERMESH_PAYMENTS_HTTP_PORT": "0",
         "ORDERMESH_PAYMENTS_GRPC_PORT": "0",
         "ORDERMESH_BROKER_URL": "memory://",

@@ -4,8 +4,6 @@ service as the kit runs it (real sockets), with an injected clock."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from ordermesh.rpc.server import MAX_MESSAGE_BYTES
 from ordermesh.rpc.status import error_from_rpc
 from ordermesh.services.orders.spec import SPEC
 from ordermesh.services.orders.updates import MAX_STREAMS_PER_USER
+from tests.helpers import eventually
 
 HUGE = "x" * 1_000_000
 ITEM = pb.OrderItem(sku="SKU-1", quantity=1, unit_price=100)
@@ -227,14 +226,14 @@ async def test_a_user_may_hold_only_so_many_streams_open(service: Service) -> No
     failed = await _fails(extra.read())
     assert failed.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most 16" in (failed.details() or "")
     calls.pop().cancel()
-    for _ in range(100):  # the server sees the cancel shortly
+
+    async def opened() -> bool:
         again = service.stub.StreamOrderUpdates(pb.StreamRequest(user_id="alice"), metadata=metadata)
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await again.read()
-            calls.append(again)
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail("a stream's place was not given back when it was cancelled")
+        calls.append(again)
+        await again.read()
+        return True
+
+    # The server sees the cancel shortly: a stream's place is given back.
+    await eventually(opened, what="a place for a new stream", interval=0.02, ignoring=(grpc.aio.AioRpcError,))
     for call in calls:
         call.cancel()

@@ -8,13 +8,12 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import default
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -22,7 +21,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from ordermesh import logs, tracing
 from ordermesh.messaging import Broker, open_broker
 from ordermesh.messaging.memory import MemoryBroker
-from ordermesh.messaging.port import DeadLetter, Message, RetryPolicy
+from ordermesh.messaging.port import Message
 from ordermesh.messaging.rabbitmq import derived_message_id
 from ordermesh.services.notifications import (
     MailSink,
@@ -35,48 +34,17 @@ from ordermesh.services.notifications import (
 )
 from ordermesh.services.notifications.handler import mail_message_id, money
 from ordermesh.services.notifications.service import LOG_FORMAT
-from tests.conftest import AMQP_URL, require_rabbitmq
-from tests.helpers import free_port
-from tests.spans import captured_spans, named
-
-FAST = RetryPolicy(max_attempts=20, initial=0.05, multiplier=2.0, maximum=0.2)
-
-
-def order(order_id: str = "o-1", **extra: Any) -> dict[str, Any]:
-    return {
-        "id": order_id,
-        "user_id": "u-1",
-        "user_email": "ada@example.com",
-        "items": [
-            {"sku": "SKU-1", "quantity": 2, "unit_price": 1250},
-            {"sku": "B", "quantity": 1, "unit_price": 5},
-        ],
-        "currency": "EUR",
-        "total": 2505,
-        "status": "pending",
-        **extra,
-    }
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
-    async def until() -> None:
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)  # polling a counter: no notification exists for it
-
-    await asyncio.wait_for(until(), timeout)
-
-
-async def dead_letters(broker: Broker, queue: str, count: int, timeout: float = 10) -> list[DeadLetter]:
-    async def until() -> list[DeadLetter]:
-        while True:
-            letters = await broker.dead_letters(queue)
-            if len(letters) >= count:
-                return letters
-            await asyncio.sleep(0.02)  # polling the DLQ: no notification exists for it
-
-    return await asyncio.wait_for(until(), timeout)
+from tests.helpers import (
+    AMQP_URL,
+    captured_spans,
+    dead_letters,
+    eventually,
+    free_port,
+    named,
+    require_rabbitmq,
+)
+from tests.helpers import FAST_LONG as FAST
+from tests.helpers import order_payload as order
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,7 +25,7 @@ from ordermesh.services.notifications import (
 )
 from ordermesh.services.notifications.health import not_ready_reason
 from ordermesh.services.notifications.spec import SPEC
-from tests.integration.test_notifications import FAST, order
+from tests.helpers import FAST_LONG, eventually, order_payload
 
 Answer = tuple[int, Any]  # status and parsed JSON, or (0, error) when nothing answers
 
@@ -55,18 +54,16 @@ async def get(http: aiohttp.ClientSession, url: str) -> Answer:
         return 0, exc
 
 
-async def until(
-    http: aiohttp.ClientSession, url: str, accept: Callable[[Answer], bool], timeout: float = 10
-) -> Answer:
-    """GET ``url`` until ``accept`` says yes; fail with the last answer at the deadline."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+async def answered(http: aiohttp.ClientSession, url: str, accept: Callable[[Answer], bool]) -> Answer:
+    """GET ``url`` until ``accept`` says yes (an endpoint has no notification to wait on); fail
+    with the last answer at the kit's timeout."""
+
+    async def accepted() -> Answer:
         answer = await get(http, url)
-        if accept(answer):
-            return answer
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"GET {url}: still {answer!r} after {timeout} s")
-        await asyncio.sleep(0.02)  # polling an endpoint: there is no notification to wait on
+        assert accept(answer), f"GET {url}: {answer!r}"
+        return answer
+
+    return await eventually(accepted, interval=0.02)
 
 
 def shows(*lines: str) -> Callable[[Answer], bool]:
@@ -87,11 +84,11 @@ async def test_the_service_serves_probes_and_counts_mail(
             assert await get(http, f"{url}/readyz") == (200, {"status": "ok"})
             assert await get(http, f"{url}/livez") == (200, {"status": "ok"})
 
-            created = Message.json("order.created", order("o-1"))
+            created = Message.json("order.created", order_payload("o-1"))
             await publisher.publish("orders", [created])
-            await until(http, f"{url}/metrics", shows("ordermesh_notifications_sent_total 1.0"))
+            await answered(http, f"{url}/metrics", shows("ordermesh_notifications_sent_total 1.0"))
             await publisher.publish("orders", [created])  # the same message again, as after a lost ack
-            _, metrics = await until(
+            _, metrics = await answered(
                 http, f"{url}/metrics", shows("ordermesh_notifications_duplicates_total 1.0")
             )
             assert {
@@ -123,13 +120,13 @@ async def test_readiness_follows_the_consumer_from_subscribing_to_stopping(
     mailer = SmtpMailer(f"smtp://127.0.0.1:{sink.port}", timeout=5)
     try:
         assert not_ready_reason(None) == "not consuming yet (connecting to the broker)"
-        service = await start_notifications(broker, mailer, inbox, retry=FAST)
+        service = await start_notifications(broker, mailer, inbox, retry=FAST_LONG)
         assert not_ready_reason(service) is None
-        await broker.publish("orders", [Message.json("order.created", order("o-2"))])
-        deadline = asyncio.get_running_loop().time() + 10
-        while (service.handler.sent, service.handler.duplicates) != (1, 1):
-            assert asyncio.get_running_loop().time() < deadline, "the mail and its duplicate were not handled"
-            await asyncio.sleep(0.01)
+        await broker.publish("orders", [Message.json("order.created", order_payload("o-2"))])
+        await eventually(
+            lambda: (service.handler.sent, service.handler.duplicates) == (1, 1),
+            what="the mail and its duplicate handled",
+        )
         await service.stop()
         assert not_ready_reason(service) == "stopping, no longer consuming"
     finally:
@@ -152,7 +149,7 @@ async def test_not_ready_while_the_broker_connection_is_down(sink: MailSink, tmp
     await broker.declare_exchange("orders")
     inbox, db = await open_inbox(tmp_path)
     mailer = SmtpMailer(f"smtp://127.0.0.1:{sink.port}", timeout=5)
-    service = await start_notifications(broker, mailer, inbox, retry=FAST)
+    service = await start_notifications(broker, mailer, inbox, retry=FAST_LONG)
     try:
         assert not_ready_reason(service) is None
         broker.up = False

@@ -23,7 +23,7 @@ from ordermesh.messaging.relay import OutboxRelay, ParkingLot
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.outbox import EXCHANGE, RELAY_NAME, OrderMessages
 from ordermesh.services.orders.runtime import build_order_system
-from tests.helpers import free_port
+from tests.helpers import free_port, within
 
 BIN = Path(sys.executable).parent / "ordermesh"
 QUEUE = "test.order_created"
@@ -106,7 +106,7 @@ async def _consume_one(settings: Settings, queue: str) -> Message:
 
     try:
         await broker.subscribe(queue, EXCHANGE, ["order.created"], handle)
-        return await asyncio.wait_for(got, 10)
+        return await within(got)
     finally:
         await broker.close()
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from ordermesh.clock import FakeClock
 from ordermesh.services.payments.cli import app
-from tests.contract.test_payments_store import Provider, open_service
+from tests.helpers import Provider, open_service
 
 
 def seed(sql_url: str) -> None:

@@ -30,7 +30,7 @@ from ordermesh.rpc.server import build_server
 from ordermesh.services.payments.domain import CANCELLED_BEFORE_CHARGE
 from ordermesh.services.payments.grpc_api import SERVICE_NAME, PaymentGrpcService
 from ordermesh.services.payments.service import PaymentService
-from tests.contract.test_payments_store import LIMIT, Provider, open_service
+from tests.helpers import LIMIT, Provider, open_service
 
 
 def code_of(error: BaseException) -> grpc.StatusCode:

@@ -12,9 +12,7 @@ import asyncio
 import json
 import shutil
 import subprocess
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -37,14 +35,22 @@ from ordermesh.messaging.port import (
     Delivery,
     Message,
     PermanentError,
-    RetryPolicy,
     Unroutable,
 )
 from ordermesh.messaging.rabbitmq import RabbitBroker, derived_message_id, fastpath
-from tests.conftest import AMQP_URL, in_ci, require_rabbitmq
-
-FAST = RetryPolicy(max_attempts=3, initial=0.05, multiplier=2.0, maximum=0.2)
-WAIT = 10.0  # seconds: the ceiling of every event-driven wait
+from tests.helpers import (
+    AMQP_URL,
+    FAST,
+    TIMEOUT,
+    Collector,
+    amqp_prefix,
+    dead_letters,
+    eventually,
+    require_fast_path,
+    require_rabbitmq,
+    scaled,
+    within,
+)
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -58,7 +64,7 @@ def amqp_url() -> str:
 
 @pytest.fixture
 def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:10]}."
+    return amqp_prefix()
 
 
 @pytest.fixture(params=["fast", "stock"])
@@ -66,12 +72,7 @@ def fast(request: pytest.FixtureRequest) -> bool:
     """The wire: True for the fast path, False for aiormq's stock path."""
     if request.param == "stock":
         return False
-    off = fastpath.unverified(fastpath.installed_versions())
-    if off:
-        message = f"the RabbitMQ fast path is not verified on {', '.join(off)}: see fastpath.VERIFIED"
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_fast_path()
     return True
 
 
@@ -93,32 +94,6 @@ async def raw(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractConnection]:
     await connection.close()
 
 
-class Inbox:
-    """Collects deliveries; waits for a count without sleeping."""
-
-    def __init__(self, fail: Callable[[Delivery], None] | None = None) -> None:
-        self.got: list[Delivery] = []
-        self.at: list[float] = []
-        self._fail = fail
-        self._changed = asyncio.Event()
-
-    async def __call__(self, delivery: Delivery) -> None:
-        self.got.append(delivery)
-        self.at.append(time.monotonic())
-        self._changed.set()
-        if self._fail is not None:
-            self._fail(delivery)
-
-    async def wait_for(self, count: int) -> list[Delivery]:
-        async def until() -> None:
-            while len(self.got) < count:
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(until(), WAIT)
-        return self.got
-
-
 async def ready_count(connection: aio_pika.abc.AbstractConnection, queue: str) -> int:
     """Messages ready (not unacknowledged) in ``queue``, from a passive declare."""
     channel = await connection.channel()
@@ -130,14 +105,13 @@ async def ready_count(connection: aio_pika.abc.AbstractConnection, queue: str) -
         await channel.close()
 
 
-async def until_ready(connection: aio_pika.abc.AbstractConnection, queue: str, count: int) -> None:
-    async def poll() -> None:
-        while True:
-            if await ready_count(connection, queue) == count:
-                return
-            await asyncio.sleep(0.02)  # a queue's depth has no notification: poll it
+async def ready_reaches(connection: aio_pika.abc.AbstractConnection, queue: str, count: int) -> None:
+    """Until ``queue`` holds ``count`` ready messages (a queue's depth has no notification)."""
 
-    await asyncio.wait_for(poll(), WAIT)
+    async def depth_reached() -> bool:
+        return await ready_count(connection, queue) == count
+
+    await eventually(depth_reached, what=f"{count} ready in {queue}", interval=0.02)
 
 
 async def get_raw(connection: aio_pika.abc.AbstractConnection, queue: str) -> AbstractIncomingMessage:
@@ -145,7 +119,7 @@ async def get_raw(connection: aio_pika.abc.AbstractConnection, queue: str) -> Ab
     channel = await connection.channel()
     try:
         q = await channel.declare_queue(queue, passive=True)
-        message = await q.get(no_ack=True, timeout=WAIT)
+        message = await q.get(no_ack=True, timeout=scaled(TIMEOUT))
         assert message is not None
         return message
     finally:
@@ -172,7 +146,7 @@ async def test_open_fails_clearly_when_rabbitmq_is_down() -> None:
 
 
 async def test_a_plain_pika_publish_is_consumed(broker: RabbitBroker, amqp_url: str, prefix: str) -> None:
-    inbox = Inbox()
+    inbox = Collector()
     await broker.subscribe("notifications.order_created", "orders", ["order.created"], inbox)
     order = {"id": "o-1", "user_email": "a@example.com", "total": "12.50"}
     body = json.dumps(order).encode()
@@ -196,7 +170,7 @@ async def test_a_plain_pika_publish_is_consumed(broker: RabbitBroker, amqp_url: 
 async def test_legacy_properties_are_used_when_present(
     broker: RabbitBroker, amqp_url: str, prefix: str
 ) -> None:
-    inbox = Inbox()
+    inbox = Collector()
     await broker.subscribe("q.props", "orders", ["order.*"], inbox)
     props = {
         "message_id": "legacy-1",
@@ -216,7 +190,7 @@ async def test_legacy_properties_are_used_when_present(
 async def test_messages_are_persistent_with_the_envelope_in_properties(
     broker: RabbitBroker, raw: aio_pika.abc.AbstractConnection, prefix: str
 ) -> None:
-    sub = await broker.subscribe("q.persist", "orders", ["order.created"], Inbox())
+    sub = await broker.subscribe("q.persist", "orders", ["order.created"], Collector())
     await sub.stop()  # the queue stays, bound, with nobody consuming: look at what lands in it
     sent = Message.json(
         "order.created",
@@ -250,7 +224,7 @@ async def test_messages_are_persistent_with_the_envelope_in_properties(
 
 
 async def test_unroutable_publishes_raise(broker: RabbitBroker) -> None:
-    inbox = Inbox()
+    inbox = Collector()
     await broker.subscribe("q.paid", "orders", ["order.paid"], inbox)
     with pytest.raises(Unroutable, match=r"order\.created"):
         await broker.publish(
@@ -266,7 +240,7 @@ async def test_unroutable_publishes_raise(broker: RabbitBroker) -> None:
 async def test_pipelined_publishing_keeps_order(amqp_url: str, prefix: str, fast: bool) -> None:
     broker = await RabbitBroker.open(amqp_url, prefix=prefix, confirm_window=50, fast_path=fast)
     try:
-        inbox = Inbox()
+        inbox = Collector()
         await broker.subscribe("q.order", "orders", ["#"], inbox, prefetch=1)
         await broker.publish("orders", [Message.json("order.created", {"n": i}) for i in range(500)])
         assert [d.message.payload()["n"] for d in await inbox.wait_for(500)] == list(range(500))
@@ -278,7 +252,7 @@ async def test_pipelined_publishing_keeps_order(amqp_url: str, prefix: str, fast
 async def test_a_message_id_in_flight_twice_is_returned_for_the_right_publish(broker: RabbitBroker) -> None:
     # aiormq maps a returned message to its publish by message id: the second publish of an id
     # waits for the first's confirm, so the return names the publish that was unroutable.
-    inbox = Inbox()
+    inbox = Collector()
     await broker.subscribe("q.paid", "orders", ["order.paid"], inbox)
     twice = [  # unroutable first: its return must not be taken for the later publish's
         Message.json("order.nowhere", {"n": 2}, message_id="same-id"),
@@ -290,7 +264,7 @@ async def test_a_message_id_in_flight_twice_is_returned_for_the_right_publish(br
 
 
 async def test_a_body_larger_than_a_frame_arrives_whole(broker: RabbitBroker) -> None:
-    inbox = Inbox()
+    inbox = Collector()
     await broker.subscribe("q.big", "orders", ["order.created"], inbox)
     big = {"items": ["x" * 1000 for _ in range(400)]}  # ~400 kB: several body frames each way
     await broker.publish("orders", [Message.json("order.created", big), Message.json("order.created", {})])
@@ -304,11 +278,11 @@ async def test_retries_wait_in_delay_queues_then_dead_letter_with_headers(
     def always(d: Delivery) -> None:
         raise RuntimeError(f"smtp down ({d.attempt})")
 
-    inbox = Inbox(always)
+    inbox = Collector(always)
     await broker.subscribe("q.retry", "orders", ["order.created"], inbox, retry=FAST)
     sent = Message.json("order.created", {"id": "r-1"}, headers={"traceparent": "00-t"})
     await broker.publish("orders", [sent])
-    await until_ready(raw, f"{prefix}q.retry.dlq", 1)
+    await ready_reaches(raw, f"{prefix}q.retry.dlq", 1)
 
     assert [d.attempt for d in inbox.got] == [1, 2, 3]
     assert all(d.exchange == "orders" and d.message.routing_key == "order.created" for d in inbox.got)
@@ -339,10 +313,10 @@ async def test_permanent_error_dead_letters_at_once(broker: RabbitBroker) -> Non
     def unknown(d: Delivery) -> None:
         raise PermanentError("unknown message type 'order.exploded'")
 
-    inbox = Inbox(unknown)
+    inbox = Collector(unknown)
     await broker.subscribe("q.perm", "orders", ["order.#"], inbox, retry=FAST)
     await broker.publish("orders", [Message.json("order.exploded", {})])
-    letters = await wait_dead(broker, "q.perm", 1)
+    letters = await dead_letters(broker, "q.perm", 1)
     assert letters[0].attempts == 1 and len(inbox.got) == 1
     assert letters[0].error == "PermanentError: unknown message type 'order.exploded'"
 
@@ -350,13 +324,13 @@ async def test_permanent_error_dead_letters_at_once(broker: RabbitBroker) -> Non
 async def test_a_malformed_envelope_is_dead_lettered_without_calling_the_handler(
     broker: RabbitBroker, amqp_url: str, prefix: str
 ) -> None:
-    inbox = Inbox()
+    inbox = Collector()
     await broker.subscribe("q.bad", "orders", ["order.created"], inbox)
     headers = {H_SCHEMA: "two", H_ATTEMPT: "x"}
     await asyncio.to_thread(
         legacy_publish, amqp_url, f"{prefix}orders", "order.created", b'{"id": 1}', headers=headers
     )
-    (letter,) = await wait_dead(broker, "q.bad", 1)
+    (letter,) = await dead_letters(broker, "q.bad", 1)
     assert letter.error.startswith("malformed envelope:") and letter.attempts == 1
     assert letter.message.payload() == {"id": 1} and inbox.got == []
 
@@ -370,10 +344,10 @@ async def test_reading_dead_letters_neither_loses_nor_reorders_them(
 
     broker = await RabbitBroker.open(amqp_url, prefix=prefix, quorum=quorum, fast_path=fast)
     try:
-        await broker.subscribe("q.many", "orders", ["order.created"], Inbox(reject), prefetch=1)
+        await broker.subscribe("q.many", "orders", ["order.created"], Collector(reject), prefetch=1)
         sent = [Message.json("order.created", {"n": i}) for i in range(8)]
         await broker.publish("orders", sent)
-        first = await wait_dead(broker, "q.many", 8)  # reads while letters are still arriving
+        first = await dead_letters(broker, "q.many", 8)  # reads while letters are still arriving
         again = await broker.dead_letters("q.many")
         everywhere = await broker.dead_letters()
         assert [d.id for d in first] == [d.id for d in again] == [m.message_id for m in sent]
@@ -392,14 +366,14 @@ async def test_replay_sends_a_dead_letter_back_to_its_queue_as_a_first_attempt(
         if broken["yes"]:
             raise PermanentError("bug")
 
-    inbox = Inbox(handler)
-    other = Inbox()
+    inbox = Collector(handler)
+    other = Collector()
     await broker.subscribe("q.replay", "orders", ["order.created"], inbox, retry=FAST)
     await broker.subscribe("q.other", "orders", ["order.created"], other)
     keep = Message.json("order.created", {"id": "keep"})
     fix = Message.json("order.created", {"id": "fix"})
     await broker.publish("orders", [keep, fix])
-    await wait_dead(broker, "q.replay", 2)
+    await dead_letters(broker, "q.replay", 2)
     await other.wait_for(2)
 
     broken["yes"] = False
@@ -437,12 +411,12 @@ async def test_prefetch_bounds_the_handlers_in_flight(
 
     await broker.subscribe("q.prefetch", "orders", ["order.created"], slow, prefetch=3)
     await broker.publish("orders", [Message.json("order.created", {"n": i}) for i in range(10)])
-    await asyncio.wait_for(three_in.wait(), WAIT)
-    await until_ready(raw, f"{prefix}q.prefetch", 7)  # the broker holds back the rest
+    await within(three_in.wait())
+    await ready_reaches(raw, f"{prefix}q.prefetch", 7)  # the broker holds back the rest
     assert running == 3
     release.set()
 
-    await asyncio.wait_for(all_done.wait(), WAIT)
+    await within(all_done.wait())
     assert peak == 3 and sorted(done) == list(range(10))
 
 
@@ -457,25 +431,25 @@ async def test_stop_waits_for_in_flight_handlers_which_are_acked(
 
     sub = await broker.subscribe("q.stop", "orders", ["order.created"], slow)
     await broker.publish("orders", [Message.json("order.created", {})])
-    await asyncio.wait_for(entered.wait(), WAIT)
+    await within(entered.wait())
     stopping = asyncio.create_task(sub.stop())
     await asyncio.sleep(0)
     assert not stopping.done()
     release.set()
-    await asyncio.wait_for(stopping, WAIT)
+    await within(stopping)
     assert await ready_count(raw, f"{prefix}q.stop") == 0  # acked, not requeued
 
 
 async def test_a_message_delivered_before_without_ack_is_flagged_redelivered(
     broker: RabbitBroker, raw: aio_pika.abc.AbstractConnection, prefix: str
 ) -> None:
-    inbox = Inbox()
+    inbox = Collector()
     sub = await broker.subscribe("q.redeliver", "orders", ["order.created"], inbox)
     await sub.stop()
     await broker.publish("orders", [Message.json("order.created", {})])
     channel = await raw.channel()
     queue = await channel.declare_queue(f"{prefix}q.redeliver", passive=True)
-    assert await queue.get(no_ack=False, timeout=WAIT) is not None
+    assert await queue.get(no_ack=False, timeout=scaled(TIMEOUT)) is not None
     await channel.close()  # a consumer crashed before acking: the broker requeues it
 
     await broker.subscribe("q.redeliver", "orders", ["order.created"], inbox)
@@ -495,11 +469,11 @@ async def test_quorum_queues(
             if d.attempt == 1:
                 raise RuntimeError("once")
 
-        inbox = Inbox(fail_once)
+        inbox = Collector(fail_once)
         await broker.subscribe("q.quorum", "orders", ["order.*"], inbox, retry=FAST)
         ok, dead = Message.json("order.created", {"id": "ok"}), Message.json("order.created", {"id": "dead"})
         await broker.publish("orders", [ok, dead])
-        (letter,) = await wait_dead(broker, "q.quorum", 1)
+        (letter,) = await dead_letters(broker, "q.quorum", 1)
         assert (letter.id, letter.attempts) == (dead.message_id, 3)
         assert [d.attempt for d in inbox.got if d.message.message_id == ok.message_id] == [1, 2]
         # every queue is a quorum queue: redeclaring one as classic is refused
@@ -518,7 +492,7 @@ async def test_delete_topology_removes_every_queue_and_exchange(
     amqp_url: str, prefix: str, raw: aio_pika.abc.AbstractConnection, fast: bool
 ) -> None:
     broker = await RabbitBroker.open(amqp_url, prefix=prefix, fast_path=fast)
-    await broker.subscribe("q.gone", "orders", ["#"], Inbox(), retry=FAST)
+    await broker.subscribe("q.gone", "orders", ["#"], Collector(), retry=FAST)
     await broker.delete_topology()
     await broker.close()
     for name in ("q.gone", "q.gone.dlq", "q.gone.retry.50", "q.gone.retry.100"):
@@ -528,17 +502,6 @@ async def test_delete_topology_removes_every_queue_and_exchange(
     channel = await raw.channel()
     with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
         await channel.declare_exchange(f"{prefix}orders", passive=True)
-
-
-async def wait_dead(broker: RabbitBroker, queue: str, count: int) -> list[Any]:
-    async def until() -> list[Any]:
-        while True:
-            letters = await broker.dead_letters(queue)
-            if len(letters) >= count:
-                return letters
-            await asyncio.sleep(0.02)  # the DLQ has no notification: poll it
-
-    return await asyncio.wait_for(until(), WAIT)
 
 
 def _close_connections_named(name: str) -> int:
@@ -584,21 +547,20 @@ async def test_a_consumer_and_publisher_survive_a_dropped_connection(
     broker = await RabbitBroker.open(f"{amqp_url}?reconnect_interval=0.2", prefix=prefix, fast_path=fast)
     try:
         assert len(readers) == 1 and reader_modules(readers) == expected
-        inbox = Inbox()
+        inbox = Collector()
         await broker.subscribe("q.reconnect", "orders", ["order.created"], inbox)
         await broker.publish("orders", [Message.json("order.created", {"n": 1})])
         await inbox.wait_for(1)
 
         assert broker.connected
         assert _close_connections_named(f"ordermesh {prefix}") == 1
-        deadline = time.monotonic() + WAIT
-        while True:  # the robust connection comes back on its own; publishing fails meanwhile
-            try:
-                await broker.publish("orders", [Message.json("order.created", {"n": 2})])
-                break
-            except BrokerUnavailable:
-                assert time.monotonic() < deadline, "the connection did not come back"
-                await asyncio.sleep(0.1)
+
+        async def published() -> bool:
+            await broker.publish("orders", [Message.json("order.created", {"n": 2})])
+            return True
+
+        # The robust connection comes back on its own; publishing fails meanwhile.
+        await eventually(published, what="the connection back", interval=0.1, ignoring=(BrokerUnavailable,))
         got = await inbox.wait_for(2)
         assert [d.message.payload()["n"] for d in got] == [1, 2]  # consuming resumed, nothing lost
         assert len(readers) == 2 and reader_modules(readers) == expected  # the reopened connection too
@@ -613,23 +575,23 @@ async def test_a_quorum_queue_dead_letters_a_message_that_keeps_killing_its_cons
 ) -> None:
     broker = await RabbitBroker.open(amqp_url, prefix=prefix, quorum=True, delivery_limit=2, fast_path=fast)
     try:
-        sub = await broker.subscribe("q.crashy", "orders", ["order.*"], Inbox())
+        sub = await broker.subscribe("q.crashy", "orders", ["order.*"], Collector())
         await sub.stop()  # a consumer that dies before acking, played by hand below
         poison = Message.json("order.created", {"id": "crashes-the-consumer"})
         await broker.publish("orders", [poison])
         channel = await raw.channel()
         queue = await channel.declare_queue(f"{prefix}q.crashy", passive=True)
         for _ in range(3):  # delivered, not acked, back in the queue: three times, limit two
-            got = await queue.get(no_ack=False, timeout=WAIT)
+            got = await queue.get(no_ack=False, timeout=scaled(TIMEOUT))
             await got.nack(requeue=True)
         assert await queue.get(no_ack=False, fail=False) is None  # gone from the consumer queue…
-        (letter,) = await wait_dead(broker, "q.crashy", 1)  # …into its dead-letter queue
+        (letter,) = await dead_letters(broker, "q.crashy", 1)  # …into its dead-letter queue
         assert letter.id == poison.message_id and "delivery limit" in letter.error
         assert letter.original_routing_key == "order.created"
         for _ in range(3):  # reading the DLQ (get + requeue) never drops a letter
             assert [d.id for d in await broker.dead_letters("q.crashy")] == [poison.message_id]
 
-        inbox = Inbox()  # the fixed consumer is back: replay hands it the original message
+        inbox = Collector()  # the fixed consumer is back: replay hands it the original message
         await broker.subscribe("q.crashy", "orders", ["order.*"], inbox)
         await broker.replay("q.crashy", poison.message_id)
         (again,) = await inbox.wait_for(1)
@@ -652,10 +614,10 @@ async def round_trip(broker: RabbitBroker) -> None:
         if d.attempt == 1:
             raise RuntimeError("once")
 
-    inbox = Inbox(fail)
+    inbox = Collector(fail)
     await broker.subscribe("q.trip", "orders", ["order.*"], inbox, retry=FAST)
     await broker.publish("orders", [Message.json("order.created", {"id": i}) for i in ("ok", "poison")])
-    (letter,) = await wait_dead(broker, "q.trip", 1)
+    (letter,) = await dead_letters(broker, "q.trip", 1)
     assert letter.error == "PermanentError: poison"
     await inbox.wait_for(3)  # ok twice (retried once), poison once
     assert sorted((d.message.payload()["id"], d.attempt) for d in inbox.got) == [

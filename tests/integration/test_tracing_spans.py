@@ -17,8 +17,7 @@ from ordermesh.auth import Tokens
 from ordermesh.config import Settings
 from ordermesh.errors import NotFound
 from ordermesh.rpc.server import build_server
-from tests.helpers import Api, order_body, running_api
-from tests.spans import captured_spans, named
+from tests.helpers import Api, captured_spans, named, order_body, running_api
 
 Call = grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]
 CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,8 +22,7 @@ from ordermesh.kit.testing import running
 from ordermesh.services.orders.spec import SPEC as ORDERS
 from ordermesh.services.orders.tracking import MAX_SHIPPING_WAIT
 from ordermesh.services.shipping.spec import SPEC as SHIPPING
-from tests.helpers import Silent, free_port, order_body
-from tests.integration.test_order_saga import fulfilment
+from tests.helpers import Silent, free_port, fulfilment, order_body
 
 
 @dataclass
@@ -42,13 +40,14 @@ class Orders:
     async def get(
         self, path: str, user: str | None = "alice", *, method: str = "GET", **kw: Any
     ) -> tuple[int, Any, float]:
-        """Status, JSON body and the seconds the answer took."""
+        """Status, JSON body and the seconds the answer took (by the loop's clock)."""
         headers = {"Authorization": f"Bearer {self.rt.tokens.issue(user)}"} if user else {}
         headers |= kw.pop("headers", {})
-        started = time.monotonic()
+        clock = asyncio.get_running_loop().time
+        started = clock()
         async with self.http.request(method, self.rt.http_url + path, headers=headers, **kw) as r:
             body = await r.json(content_type=None)
-            return r.status, body, time.monotonic() - started
+            return r.status, body, clock() - started
 
 
 @contextlib.asynccontextmanager
@@ -177,7 +176,9 @@ async def test_an_open_breaker_answers_degraded_without_asking_shipping(tmp_path
         status, tracking, took = await orders.get(path)
         assert status == 200 and tracking["degraded"] is True and tracking["shipment"] is None
         assert tracking["reason"] == "shipping is unavailable (circuit open)"
-        assert took < 0.3 and shipping.connections == asked  # refused at once, shipping not called
+        # Refused at once: shipping not called (so no 0.3 s to wait out; the bound only allows for
+        # a loaded machine).
+        assert shipping.connections == asked and took < 1.0
 
 
 async def test_unknown_and_other_users_orders_are_not_found_and_shipping_is_not_asked(

@@ -38,7 +38,7 @@ from ordermesh.resilience.faults import (
     QueueFaults,
 )
 from ordermesh.rpc.faults import inject
-from tests.helpers import Collector
+from tests.helpers import Collector, dead_letters, within
 
 
 class Scripted(random.Random):
@@ -308,7 +308,7 @@ async def test_a_caller_that_gives_up_ends_a_hang_unanswered() -> None:
     task = asyncio.create_task(exchange.through(middleware))
     await asyncio.sleep(0)
     exchange.disconnect.set()
-    await asyncio.wait_for(task, 1)
+    await within(task, 1)
     assert exchange.sent == []
 
 
@@ -318,9 +318,9 @@ async def test_a_reset_drops_the_connection_with_an_rst_and_no_answer() -> None:
     exchange.scope["state"][TRANSPORT] = transport
     app = FakeApp()
     task = asyncio.create_task(exchange.through(FaultInjection(app, faults({"link": {"reset": True}}))))
-    await asyncio.wait_for(transport.aborted.wait(), 1)
+    await within(transport.aborted.wait(), 1)
     exchange.disconnect.set()  # what the server reports once the connection is gone
-    await asyncio.wait_for(task, 1)
+    await within(task, 1)
     assert exchange.sent == [] and not app.calls
     assert transport.sock.options == [
         (socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
@@ -340,7 +340,7 @@ async def test_a_blackhole_never_answers() -> None:
     await asyncio.sleep(0)
     assert not task.done()
     exchange.disconnect.set()
-    await asyncio.wait_for(task, 1)
+    await within(task, 1)
     assert exchange.sent == []
 
 
@@ -352,9 +352,9 @@ async def test_after_the_bound_a_blackhole_drops_the_connection() -> None:
     task = asyncio.create_task(
         exchange.through(FaultInjection(FakeApp(), faults({"link": {"blackhole": True}}, sleep=sleeps)))
     )
-    await asyncio.wait_for(transport.aborted.wait(), 1)
+    await within(transport.aborted.wait(), 1)
     exchange.disconnect.set()
-    await asyncio.wait_for(task, 1)
+    await within(task, 1)
     assert sleeps.asked == [HOLD_BOUND] and exchange.sent == []
 
 
@@ -419,14 +419,6 @@ async def test_grpc_error_reset_and_blackhole_raise_unavailable_errors() -> None
 # --- the bus ----------------------------------------------------------------------------------
 
 
-class Decoding(Collector):
-    """A consumer that decodes every body, as ordermesh's do."""
-
-    async def __call__(self, delivery: Delivery) -> None:
-        delivery.message.payload()
-        await super().__call__(delivery)
-
-
 async def consumer(holder: Faults, handler: Collector) -> tuple[Any, MemoryBroker]:
     raw = MemoryBroker()
     broker = with_faults(raw, holder)
@@ -446,15 +438,12 @@ async def test_duplicate_hands_a_delivery_twice() -> None:
 
 
 async def test_poison_ends_in_the_dead_letter_queue_with_the_reason() -> None:
-    holder, handler = faults(), Decoding()
+    holder, handler = faults(), Collector(decode=True)  # decodes every body, as ordermesh's do
     broker, raw = await consumer(holder, handler)
     holder.set(FaultPlan(queues={"q": QueueFaults(poison=1)}))
     message = Message.json("order.created", {"id": "o-1"})
     await broker.publish("orders", [message])
-    for _ in range(100):
-        if await raw.dead_letters("q"):
-            break
-        await asyncio.sleep(0)
+    await dead_letters(raw, "q", 1)
     [letter] = await broker.dead_letters("q")
     assert "not JSON" in letter.error and "poisoned by an injected fault" in letter.error
     assert letter.message.body == message.body != POISON  # the original is kept, to replay
@@ -502,6 +491,6 @@ async def test_a_stopping_consumer_lets_its_held_deliveries_through() -> None:
     inner.deliver(Delivery(Message.json("order.created", {"id": "o-1"}), "orders", "q"))
     await asyncio.sleep(0)
     assert handler.got == []  # held: dropped, waiting to come again
-    await asyncio.wait_for(sub.stop(), 1)  # would wait for good if the held one did not go
+    await within(sub.stop(), 1)  # would wait for good if the held one did not go
     [delivery] = handler.got
     assert delivery.redelivered

@@ -15,7 +15,7 @@ from ordermesh import tracing
 from ordermesh.messaging.context import published, traced, with_current_trace
 from ordermesh.messaging.memory import MemoryBroker
 from ordermesh.messaging.port import Delivery, Message, Unroutable
-from tests.spans import captured_spans, named
+from tests.helpers import captured_spans, named
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TRACE = "0af7651916cd43dd8448eb211c80319c"

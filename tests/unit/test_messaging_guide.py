@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from ordermesh.db import connect
 from ordermesh.eventstore import NewEvent, SqlEventStore
 from ordermesh.messaging.port import Message
+from tests.helpers import Collector, dead_letters, eventually
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "messaging.md"
 
@@ -21,17 +21,6 @@ def _guide() -> dict[str, Any]:
     assert len(blocks) == 4
     exec(compile("\n".join(blocks), str(GUIDE), "exec"), namespace)
     return namespace
-
-
-async def _until(check: Any) -> Any:
-    async def poll() -> Any:
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(0.01)  # the consumer commits on its own task: nothing to await
-
-    return await asyncio.wait_for(poll(), 10)
 
 
 async def test_the_guides_consumer_and_relay_work_as_written(tmp_path: Path) -> None:
@@ -48,14 +37,15 @@ async def test_the_guides_consumer_and_relay_work_as_written(tmp_path: Path) -> 
         await store.append("o-1", [NewEvent("PaymentProcessed", {"amount": 1250, "payment_id": "p"})], 1)
         relay = await guide["relay_for"](store, broker)
         assert await relay.step() == 2
-        booked = await _until(lambda: db.fetch("SELECT order_id, total FROM ledger"))
+        # The consumer commits on its own task: nothing to await but the table.
+        booked = await eventually(lambda: db.fetch("SELECT order_id, total FROM ledger"))
         assert [tuple(r) for r in booked] == [("o-1", 1250)]
 
         # The same event published again (a relay restarted mid-batch): no second effect.
         paid = (await store.read_all(1, 10))[0]
         again = await guide["order_paid_message"](paid)
         await broker.publish("orders", [again, Message.json("order.paid", {"total": 1})])
-        letters = await _until(lambda: broker.dead_letters("billing.order_paid"))
+        letters = await dead_letters(broker, "billing.order_paid", 1)
         assert "without id or total" in letters[0].error  # the PermanentError, dead-lettered
         await subscription.stop()  # in-flight deliveries finish first
         assert [tuple(r) for r in await db.fetch("SELECT order_id, total FROM ledger")] == [("o-1", 1250)]
@@ -73,22 +63,14 @@ async def test_the_guides_outbox_table_publishes_what_was_committed(tmp_path: Pa
         await db.execute("CREATE TABLE stock (sku TEXT PRIMARY KEY, reserved INTEGER NOT NULL)")
         await db.execute("INSERT INTO stock VALUES ('SKU-1', 0)")
         await broker.declare_exchange("inventory")
-        got: list[Message] = []
-
-        async def collect(delivery: Any) -> None:
-            got.append(delivery.message)
-
-        await broker.subscribe("audit", "inventory", ["stock.#"], collect)
+        audit = Collector()
+        await broker.subscribe("audit", "inventory", ["stock.#"], audit)
         outbox = await guide["SqlOutbox"].open(db)
         await guide["reserve_stock"](db, outbox, "SKU-1", 3)
         assert await guide["OutboxPublisher"](outbox, broker).step() == 1
-        await _until(lambda: _ready(got))
-        assert got[0].payload() == {"sku": "SKU-1", "qty": 3}
+        got = await audit.wait_for(1)
+        assert got[0].message.payload() == {"sku": "SKU-1", "qty": 3}
         assert [tuple(r) for r in await db.fetch("SELECT sku, reserved FROM stock")] == [("SKU-1", 3)]
     finally:
         await broker.close()
         await db.close()
-
-
-async def _ready(got: list[Message]) -> bool:
-    return bool(got)

@@ -19,7 +19,7 @@ from ordermesh.kit import telemetry
 from ordermesh.saga import MemorySagaStore, SagaContext, SagaDefinition, SagaRunner, Step, StepFailed
 from ordermesh.services.orders.events import OrderCreated, OrderLine
 from ordermesh.services.orders.saga import saga_data
-from tests.spans import captured_spans, named
+from tests.helpers import captured_spans, named
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TRACE = "0af7651916cd43dd8448eb211c80319c"

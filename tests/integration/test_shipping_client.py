@@ -1,5 +1,6 @@
-"""The shipping client on its own: it loads no FastAPI, and it retries what is safe. (Problem
-documents become errors through ``ordermesh.problems``, tested with the server side.)"""
+"""The shipping client on its own, against an aiohttp server on a loopback socket: it loads no
+FastAPI, and it retries what is safe. (Problem documents become errors through
+``ordermesh.problems``, tested with the server side.)"""
 
 from __future__ import annotations
 

@@ -1,35 +1,35 @@
-"""Test helpers: run the real app on a real socket inside the test's event loop."""
+"""Servers for a test, on real sockets in the test's own event loop: the order API (``running_api``:
+the app on uvicorn, with its order system at hand), any FastAPI app (``serve``), a TCP proxy to
+cut a connection and give it back (``TcpProxy``), a server that never answers (``Silent``).
+
+Whole services run in-process with ``ordermesh.kit.testing.running(spec, settings)``; as their
+own processes, with ``tests.helpers.processes``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import signal
 import socket
-import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
-import pytest
 import uvicorn
 from fastapi import FastAPI
 
 from ordermesh.auth import Tokens
 from ordermesh.clock import Clock
 from ordermesh.config import Settings
-from ordermesh.messaging.memory import MemoryBroker
-from ordermesh.messaging.port import Delivery, Message
 from ordermesh.services.orders.app import create_order_app
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
+from tests.helpers.timing import eventually
 
 
 def free_port() -> int:
+    """A port nothing listens on now (the OS's pick; free until someone binds it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -37,15 +37,19 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def serve(app: FastAPI) -> AsyncIterator[str]:
+    """``app`` on uvicorn on a free port, until the block ends; its base URL."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:
+
+    def started() -> bool:
         if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+            task.result()  # it could not start: its own error, not a timeout
+        return bool(server.started)
+
+    await eventually(started, what="uvicorn serving")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -94,71 +98,6 @@ def order_body(email: str = "alice@example.com", **over: Any) -> dict[str, Any]:
     }
     body.update(over)
     return body
-
-
-T = TypeVar("T")
-
-
-async def take(items: AsyncIterator[T], n: int) -> list[T]:
-    """The first ``n`` items of an async iterator (which may be endless)."""
-    out: list[T] = []
-    async for item in items:
-        out.append(item)
-        if len(out) == n:
-            break
-    return out
-
-
-def assert_committed_document(committed: Path, current: str, how: str) -> None:
-    """A generated contract document (OpenAPI, AsyncAPI) must be committed exactly as the code
-    generates it today, and serialised deterministically."""
-    import difflib
-
-    if not committed.exists():
-        pytest.fail(f"{committed} is missing: {how}", pytrace=False)
-    text = committed.read_text(encoding="utf-8")
-    if text != current:
-        name = f"{committed.parent.name}/{committed.name}"
-        diff = difflib.unified_diff(text.splitlines(), current.splitlines(), name, "generated", lineterm="")
-        shown = "\n".join(list(diff)[:60])
-        pytest.fail(f"{name} differs from what the code generates: {how}.\n{shown}", pytrace=False)
-    assert current.endswith("}\n") and current.isascii()
-    assert current == json.dumps(json.loads(current), indent=2, sort_keys=True) + "\n"
-
-
-class Collector:
-    """A handler that keeps its deliveries; ``wait_for(n)`` waits for n of them without polling."""
-
-    def __init__(self) -> None:
-        self.got: list[Delivery] = []
-        self.changed = asyncio.Event()
-
-    async def __call__(self, delivery: Delivery) -> None:
-        self.got.append(delivery)
-        self.changed.set()
-
-    async def wait_for(self, count: int) -> list[Delivery]:
-        async def until() -> None:
-            while len(self.got) < count:
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(until(), 10)
-        return self.got
-
-
-class FailsOnce(MemoryBroker):
-    """A memory broker whose first ``publish`` raises ``error`` and publishes nothing."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__()
-        self._error: Exception | None = error
-
-    async def publish(self, exchange: str, messages: Sequence[Message]) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        await super().publish(exchange, messages)
 
 
 class TcpProxy:
@@ -219,30 +158,6 @@ class TcpProxy:
         await self.cut()
 
 
-def start_service(
-    service: str, env: dict[str, str], http_port: str, log: Path, timeout: float = 30
-) -> subprocess.Popen[bytes]:
-    """``ordermesh run SERVICE`` as its own process, returned once its /readyz answers 200.
-    Its log goes to ``log``: a pipe nobody reads fills up and blocks the service's logging."""
-    import contextlib
-    import sys
-    import time
-
-    import requests
-
-    binary = Path(sys.executable).parent / "ordermesh"
-    with log.open("ab") as out:
-        proc = subprocess.Popen([str(binary), "run", service], env=env, stdout=subprocess.DEVNULL, stderr=out)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(requests.ConnectionError):
-            if requests.get(f"http://127.0.0.1:{http_port}/readyz", timeout=1).status_code == 200:
-                return proc
-        time.sleep(0.05)  # another process's endpoint: nothing to wait on but polling
-    proc.kill()
-    pytest.fail(f"{service} did not start: {log.read_text(errors='replace')[-2000:]}")
-
-
 class Silent:
     """A server that accepts connections, reads what comes and never answers (a hung service)."""
 
@@ -281,43 +196,4 @@ class Silent:
         await self._server.wait_closed()
 
 
-HTTP = {
-    "orders": "HTTP_PORT",
-    "payments": "PAYMENTS_HTTP_PORT",
-    "inventory": "INVENTORY_HTTP_PORT",
-    "shipping": "SHIPPING_HTTP_PORT",
-}
-PORTS = [*HTTP.values(), "GRPC_PORT", "PAYMENTS_GRPC_PORT", "INVENTORY_GRPC_PORT", "NOTIFICATIONS_HTTP_PORT"]
-
-
-class Fleet:
-    """The four services a saga needs, each its own process, sharing the data dir's broker."""
-
-    def __init__(self, data: Path) -> None:
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("ORDERMESH_")},
-            "ORDERMESH_DATA_DIR": str(data),
-            "ORDERMESH_SAGA_DEADLINE": "60",
-            **{f"ORDERMESH_{p}": str(free_port()) for p in PORTS},
-        }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs = data.parent
-
-    def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{self.env['ORDERMESH_' + HTTP[service]]}"
-
-    def start(self, service: str, **extra: str) -> subprocess.Popen[bytes]:
-        port = self.env["ORDERMESH_" + HTTP[service]]
-        proc = start_service(service, {**self.env, **extra}, port, self.logs / f"{service}.log")
-        self.procs[service] = proc
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(20)
-            if proc.poll() is None:
-                proc.kill()
+__all__ = ["Api", "Silent", "TcpProxy", "free_port", "order_body", "running_api", "serve"]
