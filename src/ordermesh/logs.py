@@ -189,7 +189,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": redact_urls(record.getMessage()),
-            "service": getattr(record, "service", "") or self.service,
+            "service": self.service or getattr(record, "service", ""),  # the process's, when it says
         }
         attrs = record.__dict__
         for name in ("trace_id", "span_id", *CONTEXT):

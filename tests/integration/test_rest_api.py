@@ -216,3 +216,16 @@ async def test_one_order_is_one_trace_from_the_rest_call_to_the_message(api: Api
     (delivery,) = got
     assert delivery.message.headers["traceparent"] == answered
     await broker.close()
+
+
+async def test_a_price_past_64_bits_with_an_idempotency_key_is_a_422_not_a_500(api: Api) -> None:
+    """Schemathesis found it: the key's fingerprint of such a body failed before the domain could
+    refuse it."""
+    body = order_body()
+    body["items"][0]["unit_price"] = 2**70
+    for _ in range(2):  # and the refusal is remembered under the key, not a crash the second time
+        status, problem = await api.call(
+            "POST", "/api/orders", json=body, headers={"Idempotency-Key": "k-big"}
+        )
+        assert status == 422, problem
+        assert "unit_price" in str(problem)

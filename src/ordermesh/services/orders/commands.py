@@ -34,6 +34,7 @@ version. Orders made without a key keep random ids (UUIDv4), which no derived id
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,7 +77,13 @@ def fingerprint(user_email: str, currency: str, items: Sequence[OrderLine]) -> s
         "currency": currency,
         "items": [{"sku": i.sku, "quantity": i.quantity, "unit_price": i.unit_price} for i in items],
     }
-    return hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    try:
+        raw = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        # An integer past 64 bits (orjson's limit): the domain refuses the order (422), and its
+        # key still needs a print to remember that outcome by. The same input always lands here.
+        raw = json.dumps(request, sort_keys=True).encode()
+    return hashlib.sha256(raw).hexdigest()
 
 
 def keyed_order_id(scope: str, key: str, generation: int = 0) -> str:
