@@ -293,23 +293,7 @@ async def _ours_consume(tmp: str) -> float:
         parked = await broker.subscribe("bench.orders", "orders", ["order.*"], _ignore)
         await parked.stop()  # declared with its retry and dead-letter queues; now fill it
         await _filled_queue(prefix, "bench.orders")
-        handled = 0
-        done = asyncio.Event()
-
-        async def effect(tx: object) -> None:
-            return None
-
-        async def handle(delivery: Delivery) -> None:
-            nonlocal handled
-            if await inbox.once(delivery.message.message_id, effect):
-                handled += 1
-                if handled == N:
-                    done.set()
-
-        start = time.perf_counter()
-        await broker.subscribe("bench.orders", "orders", ["order.*"], handle, prefetch=WINDOW)
-        await asyncio.wait_for(done.wait(), TIMEOUT)
-        return N / (time.perf_counter() - start)
+        return await _consume_through(inbox, broker)
     finally:
         await broker.delete_topology()
         await broker.close()
@@ -455,23 +439,7 @@ async def _wire(tmp: str, fast: bool) -> tuple[float, float]:
             TIMEOUT,
         )
         published = N / (time.perf_counter() - start)
-        handled = 0
-        done = asyncio.Event()
-
-        async def effect(tx: object) -> None:
-            return None
-
-        async def handle(delivery: Delivery) -> None:
-            nonlocal handled
-            if await inbox.once(delivery.message.message_id, effect):
-                handled += 1
-                if handled == N:
-                    done.set()
-
-        start = time.perf_counter()
-        await broker.subscribe("bench.orders", "orders", ["order.*"], handle, prefetch=WINDOW)
-        await asyncio.wait_for(done.wait(), TIMEOUT)
-        return published, N / (time.perf_counter() - start)
+        return published, await _consume_through(inbox, broker)
     finally:
         await broker.delete_topology()
         await broker.close()
@@ -573,3 +541,24 @@ async def run() -> list[Figure]:
         )
         wires = await _wires(tmp)
     return figures + embedded + wires
+
+
+async def _consume_through(inbox: SqlInbox, broker: Any) -> float:
+    """Messages/s of ``bench.orders``'s N messages consumed, each recorded once in ``inbox``."""
+    handled = 0
+    done = asyncio.Event()
+
+    async def effect(tx: object) -> None:
+        return None
+
+    async def handle(delivery: Delivery) -> None:
+        nonlocal handled
+        if await inbox.once(delivery.message.message_id, effect):
+            handled += 1
+            if handled == N:
+                done.set()
+
+    start = time.perf_counter()
+    await broker.subscribe("bench.orders", "orders", ["order.*"], handle, prefetch=WINDOW)
+    await asyncio.wait_for(done.wait(), TIMEOUT)
+    return N / (time.perf_counter() - start)
