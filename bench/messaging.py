@@ -123,19 +123,7 @@ async def _ours_e2e(tmp: str, fast: bool = True) -> float:
     checkpoints = await SqlCheckpoints.open(store.db)
     broker = await _open(_prefix(), fast=fast)
     try:
-        handled = 0
-        done = asyncio.Event()
-
-        async def effect(tx: object) -> None:
-            return None
-
-        async def handle(delivery: Delivery) -> None:
-            nonlocal handled
-            if await inbox.once(delivery.message.message_id, effect):
-                handled += 1
-                if handled == N:
-                    done.set()
-
+        handle, done = _through_inbox(inbox)
         await broker.subscribe("bench.orders", "orders", ["order.*"], handle, prefetch=WINDOW)
         relay = OutboxRelay(store, checkpoints, broker, "orders", _translate, name="bench", batch=WINDOW)
         stop = asyncio.Event()
@@ -543,8 +531,8 @@ async def run() -> list[Figure]:
     return figures + embedded + wires
 
 
-async def _consume_through(inbox: SqlInbox, broker: Any) -> float:
-    """Messages/s of ``bench.orders``'s N messages consumed, each recorded once in ``inbox``."""
+def _through_inbox(inbox: SqlInbox) -> tuple[Callable[[Delivery], Awaitable[None]], asyncio.Event]:
+    """A handler recording each message once in ``inbox``, and the event it sets at the N-th."""
     handled = 0
     done = asyncio.Event()
 
@@ -558,6 +546,12 @@ async def _consume_through(inbox: SqlInbox, broker: Any) -> float:
             if handled == N:
                 done.set()
 
+    return handle, done
+
+
+async def _consume_through(inbox: SqlInbox, broker: Any) -> float:
+    """Messages/s of ``bench.orders``'s N messages consumed, each recorded once in ``inbox``."""
+    handle, done = _through_inbox(inbox)
     start = time.perf_counter()
     await broker.subscribe("bench.orders", "orders", ["order.*"], handle, prefetch=WINDOW)
     await asyncio.wait_for(done.wait(), TIMEOUT)
