@@ -24,15 +24,22 @@ class Bulkhead:
         self.in_flight = 0
         self.rejected = 0
 
-    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+    def enter(self) -> None:
+        """Take a place, or raise ``BulkheadFull``; ``leave`` gives it back."""
         if self.in_flight >= self.limit:
             self.rejected += 1
             raise BulkheadFull(f"{self.name} is busy: {self.limit} calls already in flight")
         self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        self.enter()
         try:
             return await fn()
         finally:
-            self.in_flight -= 1
+            self.leave()
 
 
 __all__ = ["Bulkhead", "BulkheadFull"]

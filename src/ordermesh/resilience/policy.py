@@ -26,7 +26,7 @@ from ordermesh.clock import Clock
 from ordermesh.errors import InfrastructureError
 from ordermesh.resilience import deadline
 from ordermesh.resilience.breaker import CircuitBreaker, State
-from ordermesh.resilience.bulkhead import Bulkhead, BulkheadFull
+from ordermesh.resilience.bulkhead import Bulkhead
 from ordermesh.resilience.retry import RetryBudget, RetryPolicy, retry_after, retryable
 
 T = TypeVar("T")
@@ -141,10 +141,7 @@ class Guard:
                     raise
                 return await self._retry(exc, once, end, is_retryable)
         bulkhead, breaker = self.bulkhead, self.breaker
-        if bulkhead.in_flight >= bulkhead.limit:
-            bulkhead.rejected += 1
-            raise BulkheadFull(f"{self.name} is busy: {bulkhead.limit} calls already in flight")
-        bulkhead.in_flight += 1
+        bulkhead.enter()
         try:
             left = self._left(end)
             breaker.before_call()
@@ -161,7 +158,7 @@ class Guard:
             breaker.on_success()
             return result
         finally:
-            bulkhead.in_flight -= 1
+            bulkhead.leave()
 
     async def _retry(
         self,
