@@ -27,12 +27,21 @@ from ordermesh.services.orders.app import create_order_app
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
 from tests.helpers.timing import eventually
 
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    """A port nothing listens on now (the OS's pick; free until someone binds it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now (the OS's pick; free until someone binds it), never one
+    this process was given before. The OS may hand a port out again as soon as its probe socket
+    closes, so two ports asked for in a row could be the same one (CI once gave the order
+    service's gRPC port to payments as well)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 @asynccontextmanager

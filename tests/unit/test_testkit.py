@@ -11,7 +11,16 @@ import pytest
 
 from ordermesh.messaging.memory import MemoryBroker
 from ordermesh.messaging.port import Delivery, Message, PermanentError
-from tests.helpers import Collector, dead_letters, eventually, eventually_sync, promptly, timing, within
+from tests.helpers import (
+    Collector,
+    dead_letters,
+    eventually,
+    eventually_sync,
+    promptly,
+    servers,
+    timing,
+    within,
+)
 
 
 async def test_eventually_returns_the_first_truthy_value_sync_or_async() -> None:
@@ -104,3 +113,26 @@ async def test_the_collector_keeps_every_attempt_and_decoding_refuses_poison() -
     with pytest.raises(AssertionError, match="3 deliveries"):
         await decoding.wait_for(3, timeout=0.05)
     await broker.close()
+
+
+def test_free_port_never_hands_out_a_port_twice_even_when_the_os_repeats_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    offered = iter([41001, 41001, 41001, 41002])
+
+    class Probe:
+        def __enter__(self) -> Probe:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def bind(self, address: tuple[str, int]) -> None:
+            pass
+
+        def getsockname(self) -> tuple[str, int]:
+            return "127.0.0.1", next(offered)
+
+    monkeypatch.setattr(servers.socket, "socket", Probe)
+    monkeypatch.setattr(servers, "_handed_out", set())
+    assert [servers.free_port(), servers.free_port()] == [41001, 41002]
