@@ -133,4 +133,6 @@ def error_from_problem(status: int, body: bytes) -> errors.OrdermeshError:
         if slug == "idempotency-key-reused":
             return errors.IdempotencyKeyReused(detail)
         return errors.ValidationError(detail, violations)
+    if 400 <= status < 500:  # the request itself was refused (400, 405, 413, …): never retried
+        return errors.DomainError(f"HTTP {status}: {detail}")
     return errors.InfrastructureError(f"HTTP {status}: {detail}")

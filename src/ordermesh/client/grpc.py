@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ import grpc
 import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ordermesh.client.guard import default_guard
 from ordermesh.client.rpc import GrpcClient
 from ordermesh.orders.v1 import orders_pb2 as pb
 from ordermesh.orders.v1 import orders_pb2_grpc as pb_grpc
@@ -113,14 +113,6 @@ def _create_request(
         items=[pb.OrderItem(sku=i["sku"], quantity=i["quantity"], unit_price=i["unit_price"]) for i in items],
         idempotency_key=key or str(uuid.uuid4()),
     )
-
-
-class _Base:
-    def __init__(self, token: str | None, timeout: float, retries: int) -> None:
-        token = token if token is not None else os.environ.get("ORDERMESH_TOKEN")  # as the README's shell
-        self.timeout = timeout
-        self.retries = retries
-        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
 
 
 class OrdersGrpcClient(GrpcClient):
@@ -231,29 +223,35 @@ class OrdersGrpcClient(GrpcClient):
             backoff = min(backoff * 2, max_backoff)
 
 
-class SyncOrdersGrpcClient(_Base):
-    """The blocking twin of ``OrdersGrpcClient`` (grpc's sync channel, same conversions)."""
+class SyncOrdersGrpcClient:
+    """The blocking twin of ``OrdersGrpcClient`` (grpc's sync channel, the same conversions, the
+    same guard through ``Guard.call_blocking``); safe to share between threads."""
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, token: str | None = None, timeout: float = 5.0, retries: int = 2
+        self,
+        target: str = DEFAULT_TARGET,
+        token: str | None = None,
+        timeout: float = 5.0,
+        retries: int = 2,
+        *,
+        guard: Guard | None = None,
     ) -> None:
-        super().__init__(token, timeout, retries)
+        token = token if token is not None else os.environ.get("ORDERMESH_TOKEN")  # as the README's shell
+        self.timeout = timeout
+        self.retries = retries
+        self.guard = guard or default_guard("orders", timeout, retries)
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self.channel = grpc.insecure_channel(target)
         self.stub = pb_grpc.OrderServiceStub(self.channel)
 
     def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        for attempt in range(self.retries + 1):
+        def attempt(left: float) -> T:
             try:
-                return method(
-                    request, timeout=max(deadline - time.monotonic(), 0.001), metadata=self._metadata
-                )
+                return method(request, timeout=left, metadata=self._metadata)
             except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else None
-                if code not in _RETRYABLE or attempt == self.retries or time.monotonic() >= deadline:
-                    raise error_from_rpc(exc) from exc  # type: ignore[arg-type]
-            time.sleep(min(0.05 * 2**attempt, max(deadline - time.monotonic(), 0)))
-        raise AssertionError("unreachable")
+                raise error_from_rpc(exc) from exc  # type: ignore[arg-type]
+
+        return self.guard.call_blocking(attempt, timeout=timeout or self.timeout)
 
     def get_user_orders(
         self,

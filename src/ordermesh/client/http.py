@@ -1,19 +1,18 @@
 """Python clients for the order API: ``OrdermeshClient`` (sync, urllib3) and
 ``AsyncOrdermeshClient`` (aiohttp).
 
-Both speak the same way: every call has a timeout (5 s unless told otherwise), idempotent calls
-are retried on connection failures and 502/503/504 with jittered backoff (the async client through
-a ``resilience.Guard``, with a circuit breaker and a bulkhead too), ``create_order`` sends
-an Idempotency-Key (generated when not given) so its retries cannot create a second order, and
-problem documents come back as the ``ordermesh.errors`` classes the server raised.
+Both call through a ``resilience.Guard`` (pass ``guard`` to share or tune it): every call has a
+deadline (5 s unless told otherwise, sent on as ``X-Ordermesh-Deadline-Ms``), idempotent calls are
+retried on connection failures and 502/503/504 with jittered backoff within it, and a circuit
+breaker and a bulkhead stand in front of the server. ``create_order`` sends an Idempotency-Key
+(generated when not given) so its retries cannot create a second order, and problem documents come
+back as the ``ordermesh.errors`` classes the server raised.
 (aiohttp rather than httpx: httpx stalls under concurrency on these machines; see bench/.)
 """
 
 from __future__ import annotations
 
 import os
-import random
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,12 +25,12 @@ import orjson
 import urllib3
 
 from ordermesh import errors, tracing
+from ordermesh.client.guard import default_guard
 from ordermesh.problems import error_from_problem
-from ordermesh.resilience import Guard, Policy, RetryPolicy, deadline
+from ordermesh.resilience import Guard, deadline
 from ordermesh.resilience.deadline import DEADLINE_HEADER
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-RETRYABLE_STATUS = frozenset({502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,49 +77,58 @@ def _order(order_id: str, version: int | None, as_of: datetime | None) -> _Reque
     )
 
 
-def _backoff(attempt: int) -> float:
-    return float(min(0.05 * 2**attempt, 1.0) * random.uniform(0.5, 1.0))
+def _no_answer(req: _Request, left: float) -> errors.InfrastructureError:
+    return errors.InfrastructureError(f"{req.method} {req.path}: no answer within {left:.2f} s")
 
 
 class _Base:
-    def __init__(self, base_url: str | None, token: str | None, timeout: float, retries: int) -> None:
+    def __init__(
+        self, base_url: str | None, token: str | None, timeout: float, retries: int, guard: Guard | None
+    ) -> None:
         # Unset: the environment's ORDERMESH_URL and ORDERMESH_TOKEN, as the README's shell shows.
         token = token if token is not None else os.environ.get("ORDERMESH_TOKEN")
         self.base_url = (base_url or os.environ.get("ORDERMESH_URL") or DEFAULT_URL).rstrip("/")
         self.timeout = timeout
         self.retries = retries
+        self.guard = guard or default_guard("orders", timeout, retries)
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _headers(self, req: _Request, left: float) -> dict[str, str]:
+        return {**self._auth, **(req.headers or {}), DEADLINE_HEADER: deadline.to_header(left)}
 
 
 class OrdermeshClient(_Base):
+    """The blocking twin of ``AsyncOrdermeshClient``; safe to share between threads."""
+
     def __init__(
-        self, base_url: str | None = None, token: str | None = None, timeout: float = 5.0, retries: int = 2
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        timeout: float = 5.0,
+        retries: int = 2,
+        *,
+        guard: Guard | None = None,
     ) -> None:
-        super().__init__(base_url, token, timeout, retries)
+        super().__init__(base_url, token, timeout, retries, guard)
         self._pool = urllib3.PoolManager(maxsize=8, retries=False)
 
     def _send(self, req: _Request, timeout: float | None) -> Any:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        for attempt in range(self.retries + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
+        def attempt(left: float) -> Any:
             try:
                 r = self._pool.request(
                     req.method,
                     self.base_url + req.path,
                     body=req.body,
-                    headers={**self._auth, **(req.headers or {})},
-                    timeout=remaining,
+                    headers=self._headers(req, left),
+                    timeout=left,
                 )
+            except urllib3.exceptions.TimeoutError as exc:
+                raise _no_answer(req, left) from exc
             except urllib3.exceptions.HTTPError as exc:
-                if attempt == self.retries or not req.retry:
-                    raise errors.InfrastructureError(f"{req.method} {req.path}: {exc}") from exc
-            else:
-                if r.status not in RETRYABLE_STATUS or attempt == self.retries:
-                    return _decode(req, r.status, r.data)
-            time.sleep(min(_backoff(attempt), max(deadline - time.monotonic(), 0)))
-        raise errors.InfrastructureError(f"{req.method} {req.path}: no answer within the deadline")
+                raise errors.InfrastructureError(f"{req.method} {req.path}: {exc}") from exc
+            return _decode(req, r.status, r.data)
+
+        return self.guard.call_blocking(attempt, timeout=timeout or self.timeout, idempotent=req.retry)
 
     def get_user_orders(
         self,
@@ -191,10 +199,6 @@ class OrdermeshClient(_Base):
 
 
 class AsyncOrdermeshClient(_Base):
-    """Calls go through a ``resilience.Guard``: the deadline (sent on as
-    ``X-Ordermesh-Deadline-Ms``), retries of idempotent calls within it, a circuit breaker and a
-    bulkhead (pass ``guard`` to share or tune them)."""
-
     def __init__(
         self,
         base_url: str | None = None,
@@ -204,10 +208,7 @@ class AsyncOrdermeshClient(_Base):
         *,
         guard: Guard | None = None,
     ) -> None:
-        super().__init__(base_url, token, timeout, retries)
-        self.guard = guard or Guard(
-            "orders", Policy(timeout=timeout, retry=RetryPolicy(attempts=retries + 1))
-        )
+        super().__init__(base_url, token, timeout, retries, guard)
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -219,20 +220,17 @@ class AsyncOrdermeshClient(_Base):
 
     async def _send(self, req: _Request, timeout: float | None) -> Any:
         async def attempt(left: float) -> Any:
-            headers = {**self._auth, **(req.headers or {}), DEADLINE_HEADER: deadline.to_header(left)}
             try:
                 async with self._http().request(
                     req.method,
                     self.base_url + req.path,
                     data=req.body,
-                    headers=headers,
+                    headers=self._headers(req, left),
                     timeout=aiohttp.ClientTimeout(total=left),
                 ) as r:
                     status, body = r.status, await r.read()
             except TimeoutError as exc:
-                raise errors.InfrastructureError(
-                    f"{req.method} {req.path}: no answer within {left:.2f} s"
-                ) from exc
+                raise _no_answer(req, left) from exc
             except aiohttp.ClientError as exc:
                 raise errors.InfrastructureError(f"{req.method} {req.path}: {exc!r}") from exc
             return _decode(req, status, body)

@@ -19,11 +19,11 @@ from typing import Any, Self, TypeVar
 import grpc
 
 from ordermesh import tracing
-from ordermesh.resilience import Guard, Policy, RetryPolicy, retryable
+from ordermesh.client.guard import default_guard
+from ordermesh.resilience import Guard, retryable
 from ordermesh.rpc.status import error_from_rpc
 
 Response = TypeVar("Response")
-UNTIL_THE_DEADLINE = 1_000  # attempts: "retry until the deadline" (the deadline stops it first)
 
 
 class GrpcClient:
@@ -46,10 +46,7 @@ class GrpcClient:
         token = token if token is not None else os.environ.get("ORDERMESH_TOKEN")  # as the README's shell
         self.timeout = timeout
         self.retries = retries
-        attempts = UNTIL_THE_DEADLINE if retries is None else retries + 1
-        self.guard = guard or Guard(
-            self.downstream, Policy(timeout=timeout, retry=RetryPolicy(attempts=attempts, wait_jitter=0.05))
-        )
+        self.guard = guard or default_guard(self.downstream, timeout, retries)
         self._token = token
         self.channel = grpc.aio.insecure_channel(
             target, interceptors=tracing.grpc_client_interceptors() or None

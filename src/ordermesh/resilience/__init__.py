@@ -5,7 +5,13 @@ that applies a downstream's ``Policy`` (data, from settings) in the shared clien
 from ordermesh.resilience.breaker import CircuitBreaker, CircuitOpen, State, is_infrastructure_failure
 from ordermesh.resilience.bulkhead import Bulkhead, BulkheadFull
 from ordermesh.resilience.policy import DeadlineExceeded, Guard, Guards, Policy
-from ordermesh.resilience.retry import RetryBudget, RetryPolicy, call_with_retries, retryable
+from ordermesh.resilience.retry import (
+    RetryBudget,
+    RetryPolicy,
+    call_with_retries,
+    retry_after_blocking,
+    retryable,
+)
 
 __all__ = [
     "Bulkhead",
@@ -21,5 +27,6 @@ __all__ = [
     "State",
     "call_with_retries",
     "is_infrastructure_failure",
+    "retry_after_blocking",
     "retryable",
 ]

@@ -8,6 +8,9 @@
 3. retries, for idempotent calls only, within that deadline and the downstream's retry budget;
 4. the circuit breaker, around each attempt: open, an attempt fails at once with ``CircuitOpen``.
 
+``Guard.call_blocking`` does the same for a blocking attempt, from any thread (the sync SDK
+clients).
+
 The clients every service shares (``client.rpc.GrpcClient``, ``client.shipping.ShippingClient``)
 own one guard each, so handlers hold none of this. With ``enabled`` off (``ORDERMESH_BREAKERS=0``)
 a guard keeps the deadline and the retries and drops the breaker and the bulkhead: the bare path the
@@ -17,6 +20,7 @@ benchmark compares against.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +31,7 @@ from ordermesh.errors import InfrastructureError
 from ordermesh.resilience import deadline
 from ordermesh.resilience.breaker import CircuitBreaker, State
 from ordermesh.resilience.bulkhead import Bulkhead
-from ordermesh.resilience.retry import RetryBudget, RetryPolicy, retry_after, retryable
+from ordermesh.resilience.retry import RetryBudget, RetryPolicy, retry_after, retry_after_blocking, retryable
 
 T = TypeVar("T")
 Now = Callable[[], float]
@@ -70,6 +74,7 @@ class Policy:
 
 
 Attempt = Callable[[float], Awaitable[T]]  # given the seconds it may take
+BlockingAttempt = Callable[[float], T]
 
 
 class Guard:
@@ -101,6 +106,9 @@ class Guard:
         self.calls = 0
         self.retries = 0
         self.transitions: dict[State, int] = {"closed": 0, "open": 0, "half_open": 0}
+        # Only ``call_blocking`` takes it: its callers are threads, where the breaker's single
+        # half-open probe and the bulkhead's count need it; ``call`` runs on one event loop.
+        self._lock = threading.Lock()
 
     def _changed(self, name: str, old: State, new: State) -> None:
         self.transitions[new] += 1
@@ -209,6 +217,71 @@ class Guard:
 
         return once
 
+    def call_blocking(
+        self,
+        attempt: BlockingAttempt[T],
+        *,
+        timeout: float | None = None,
+        idempotent: bool = True,
+        is_retryable: Callable[[BaseException], bool] = retryable,
+    ) -> T:
+        """``call`` for a blocking ``attempt``, from any thread (the sync clients): the same
+        deadline, bulkhead, retries and breaker; the thread waits out the backoff."""
+        lock, policy, now = self._lock, self.policy, self._now
+        with lock:
+            self.calls += 1
+        end = now() + deadline.budget(timeout or policy.timeout, now)
+        retries = idempotent and policy.retry.attempts > 1
+        if retries:
+            self.budget.on_call()
+        breaker, guarded = self.breaker, policy.enabled
+
+        def once() -> T:
+            left = self._left(end)
+            if guarded:
+                with lock:
+                    breaker.before_call()
+            try:
+                result = attempt(left)
+            except Exception as exc:
+                if guarded:
+                    with lock:
+                        breaker.on_failure(exc)
+                raise
+            except BaseException:
+                if guarded:
+                    with lock:
+                        breaker.on_cancelled()
+                raise
+            if guarded:
+                with lock:
+                    breaker.on_success()
+            return result
+
+        if guarded:
+            with lock:
+                self.bulkhead.enter()
+        try:
+            try:
+                return once()
+            except Exception as exc:
+                if not retries or not is_retryable(exc):
+                    raise
+                return retry_after_blocking(
+                    exc,
+                    once,
+                    policy.retry,
+                    deadline=end,
+                    budget=self.budget,
+                    is_retryable=is_retryable,
+                    on_retry=self._retried,
+                    now=now,
+                )
+        finally:
+            if guarded:
+                with lock:
+                    self.bulkhead.leave()
+
     def snapshot(self) -> dict[str, Any]:
         """What ``ordermesh breakers`` and ``/metrics`` show."""
         b, h = self.breaker, self.bulkhead
@@ -251,4 +324,4 @@ class Guards:
         return iter(self._guards.values())
 
 
-__all__ = ["Attempt", "DeadlineExceeded", "Guard", "Guards", "Policy"]
+__all__ = ["Attempt", "BlockingAttempt", "DeadlineExceeded", "Guard", "Guards", "Policy"]

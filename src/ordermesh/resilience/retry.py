@@ -85,6 +85,8 @@ class RetryBudget:
         self._tokens = min(self.cap, self._tokens + self.ratio)
 
     def try_spend(self) -> bool:
+        # Unlocked: under threads (the sync clients) a race can grant a token too many or too
+        # few. The budget bounds load; it is not an account, and the hot path stays lock-free.
         self._refill()
         if self._tokens >= 1.0:
             self._tokens -= 1.0
@@ -131,19 +133,15 @@ async def call_with_retries(
     )
 
 
-async def retry_after(
-    first: Exception,
-    attempt: Callable[[], Awaitable[T]],
+def _when_to_retry(
     policy: RetryPolicy,
-    *,
-    deadline: float | None = None,
-    budget: RetryBudget | None = None,
-    is_retryable: Callable[[BaseException], bool] = retryable,
-    on_retry: Callable[[BaseException, float], None] | None = None,
-    now: Now = time.monotonic,
-) -> T:
-    """The retries of :func:`call_with_retries`, once its first attempt failed with ``first``
-    (a caller that made the first attempt itself, like ``policy.Guard``, enters here)."""
+    deadline: float | None,
+    budget: RetryBudget | None,
+    is_retryable: Callable[[BaseException], bool],
+    on_retry: Callable[[BaseException, float], None] | None,
+    now: Now,
+) -> Callable[[Exception], bool | float]:
+    """stamina's ``on`` hook: False to give up with this failure, else the wait before the retry."""
     retries = 0
 
     def again(exc: Exception) -> bool | float:
@@ -161,6 +159,23 @@ async def retry_after(
             on_retry(exc, wait)
         return wait
 
+    return again
+
+
+async def retry_after(
+    first: Exception,
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    deadline: float | None = None,
+    budget: RetryBudget | None = None,
+    is_retryable: Callable[[BaseException], bool] = retryable,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+    now: Now = time.monotonic,
+) -> T:
+    """The retries of :func:`call_with_retries`, once its first attempt failed with ``first``
+    (a caller that made the first attempt itself, like ``policy.Guard``, enters here)."""
+    again = _when_to_retry(policy, deadline, budget, is_retryable, on_retry, now)
     # stamina waits between attempts; the first failure happened outside it, so its wait is
     # decided here and stamina's loop is entered after it.
     pause = again(first)
@@ -175,10 +190,43 @@ async def retry_after(
     raise AssertionError("unreachable: stamina raises the last failure")  # pragma: no cover
 
 
+def retry_after_blocking(
+    first: Exception,
+    attempt: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    deadline: float | None = None,
+    budget: RetryBudget | None = None,
+    is_retryable: Callable[[BaseException], bool] = retryable,
+    on_retry: Callable[[BaseException, float], None] | None = None,
+    now: Now = time.monotonic,
+) -> T:
+    """:func:`retry_after` for a blocking ``attempt`` (the sync clients): the thread waits."""
+    again = _when_to_retry(policy, deadline, budget, is_retryable, on_retry, now)
+    pause = again(first)
+    if pause is False:
+        raise first
+    if not stamina.is_testing():
+        time.sleep(float(pause))
+    for trying in stamina.retry_context(
+        on=again, attempts=policy.attempts - 1, timeout=None, wait_jitter=0.0
+    ):
+        with trying:
+            return attempt()
+    raise AssertionError("unreachable: stamina raises the last failure")  # pragma: no cover
+
+
 async def _sleep(seconds: float) -> None:
     if stamina.is_testing():  # stamina's test mode: no waiting, ours included
         return
     await asyncio.sleep(seconds)
 
 
-__all__ = ["RetryBudget", "RetryPolicy", "call_with_retries", "retry_after", "retryable"]
+__all__ = [
+    "RetryBudget",
+    "RetryPolicy",
+    "call_with_retries",
+    "retry_after",
+    "retry_after_blocking",
+    "retryable",
+]
