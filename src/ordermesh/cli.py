@@ -22,6 +22,7 @@ from ordermesh.config import ServiceName, Settings, redact_urls
 from ordermesh.errors import ConfigError, NotFound, OrdermeshError, ValidationError
 from ordermesh.kit import breakers_cli, faults_cli
 from ordermesh.kit.console import JsonFlag, console, fail, on_database, print_json, run
+from ordermesh.kit.running import as_running
 from ordermesh.services.inventory import cli as inventory_cli
 from ordermesh.services.orders.events import OrderLine
 from ordermesh.services.orders.runtime import OrderSystem, build_order_system
@@ -623,7 +624,7 @@ def info(as_json: JsonFlag = False) -> None:
     from ordermesh import catalog
     from ordermesh.config import SERVICES
 
-    settings = _settings()
+    settings = as_running(_settings())
     services: list[dict[str, Any]] = []
     for name in SERVICES:
         spec = catalog.spec(name)
@@ -665,7 +666,7 @@ def demo(
     live, then summarize each outcome; exit 1 unless every order ended with a reason."""
     from ordermesh.demo import run_demo
 
-    raise typer.Exit(run(run_demo(_settings(), orders, url, timeout, console)))
+    raise typer.Exit(run(run_demo(as_running(_settings()), orders, url, timeout, console)))
 
 
 @app.command()

@@ -21,6 +21,7 @@ from ordermesh import catalog, logs, tuning
 from ordermesh.auth import Tokens
 from ordermesh.config import SERVICES, Settings, private_files, redact_urls
 from ordermesh.errors import OrdermeshError
+from ordermesh.kit.running import recorded
 from ordermesh.kit.supervisor import Child, check_ports, supervise
 from ordermesh.services.notifications.sink import start_mail_sink
 
@@ -38,7 +39,8 @@ async def serve_all(settings: Settings, console: Console) -> None:
         loop.add_signal_handler(sig, stop.set)
     console.print(f"starting {', '.join(SERVICES)} …")
     try:
-        await supervise(settings, specs, stop, lambda children: _banner(settings, children, console))
+        with recorded(settings):
+            await supervise(settings, specs, stop, lambda children: _banner(settings, children, console))
     finally:
         if sink is not None:
             await sink.stop()

@@ -125,7 +125,12 @@ def test_with_payments_failing_the_demo_shows_the_breaker_open_and_the_parked_or
     assert done.returncode == 0, out + done.stderr
     assert "payments OPEN" in out and re.search(r"^parked: 6  p50 ", out, re.MULTILINE), out
     assert re.search(r"order reads while it ran: [1-9]\d* answered, 0 failed", out), out
-    shown = cli("breakers", "--json")
+    # Another ORDERMESH_HTTP_PORT, as when `up --port` moved the order service: the CLI still
+    # finds it, at the address the running up recorded in DATA_DIR/up.json.
+    moved = {**env, "ORDERMESH_HTTP_PORT": str(free_port())}
+    shown = subprocess.run(
+        [str(BIN), "breakers", "--json"], env=moved, capture_output=True, text=True, timeout=30
+    )
     assert shown.returncode == 0, shown.stderr
     payments = next(row for row in json.loads(shown.stdout) if row.get("downstream") == "payments")
     assert payments["state"] in ("open", "half_open") and payments["opened"] >= 1

@@ -9,11 +9,11 @@ from typing import Any
 
 from rich.table import Table
 
-from ordermesh.config import SERVICES, load
-from ordermesh.errors import ConfigError, NotFound, OrdermeshError
-from ordermesh.kit.console import JsonFlag, console, fail, print_json, run
+from ordermesh.config import SERVICES
+from ordermesh.errors import NotFound, OrdermeshError
+from ordermesh.kit.console import JsonFlag, console, print_json, run
 from ordermesh.kit.downstreams import BREAKERS_PATH
-from ordermesh.kit.faults_cli import Admin, with_admin
+from ordermesh.kit.faults_cli import Admin, admin_settings, with_admin
 
 _STYLE = {"open": "red", "half_open": "yellow", "closed": "green"}
 
@@ -34,11 +34,7 @@ async def _gather(admin: Admin) -> list[dict[str, Any]]:
 
 def breakers(as_json: JsonFlag = False) -> None:
     """Every downstream's circuit breaker and bulkhead, as each running service sees it."""
-    try:
-        settings = load()
-    except ConfigError as exc:
-        fail(exc)
-    rows = run(with_admin(settings, _gather))
+    rows = run(with_admin(admin_settings(), _gather))
     if as_json:
         print_json(rows)
         return

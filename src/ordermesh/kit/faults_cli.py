@@ -1,7 +1,8 @@
 """``ordermesh faults``: inject faults into the running services, show them, clear them.
 
 The commands call each service's admin routes (``kit.admin``) on its HTTP port (``Settings``'
-``*_http_port`` on ``client_host(http_host)``) with a service token for ``cli`` minted from the
+``*_http_port`` on ``client_host(http_host)``, or where the running ``up`` says it serves them:
+``kit.running``) with a service token for ``cli`` minted from the
 settings' secret, so the CLI and the services must share ``ORDERMESH_JWT_SECRET``. Faults live in
 each service's memory: a restart clears them.
 
@@ -38,6 +39,7 @@ from ordermesh.errors import (
 )
 from ordermesh.kit.admin import PATH
 from ordermesh.kit.console import JsonFlag, console, fail, print_json, run
+from ordermesh.kit.running import as_running
 from ordermesh.problems import error_from_problem
 from ordermesh.resilience.faults import FaultPlan, LinkFaults, QueueFaults
 
@@ -92,9 +94,10 @@ class Admin:
         raise error
 
 
-def _settings() -> Settings:
+def admin_settings() -> Settings:
+    """The environment's settings, at the addresses of the ``up`` running on its data dir."""
     try:
-        return load()
+        return as_running(load())
     except ConfigError as exc:
         fail(exc)
 
@@ -153,7 +156,7 @@ def set_faults(
         )
     except ValidationError as exc:
         fail(exc)
-    settings = _settings()
+    settings = admin_settings()
 
     async def work(admin: Admin) -> dict[str, Any]:
         current = FaultPlan.from_dict(_plan_of(await admin.call(name, "GET")))
@@ -172,7 +175,7 @@ def set_faults(
 @app.command("show")
 def show_faults(as_json: JsonFlag = False) -> None:
     """Show every service's faults (a service that is not running shows as unreachable)."""
-    settings = _settings()
+    settings = admin_settings()
 
     async def one(admin: Admin, name: str) -> dict[str, Any]:
         try:
@@ -205,7 +208,7 @@ def clear_faults(
 ) -> None:
     """Clear the faults of SERVICE, or of every running service."""
     names = [_service(service)] if service else list(SERVICES)
-    settings = _settings()
+    settings = admin_settings()
 
     async def work(admin: Admin) -> list[tuple[str, str | None]]:
         async def one(name: str) -> tuple[str, str | None]:
@@ -246,4 +249,4 @@ def _describe(snapshot: dict[str, Any]) -> str:
     return "; ".join(parts) or "none"
 
 
-__all__ = ["Admin", "app", "service_url", "with_admin"]
+__all__ = ["Admin", "admin_settings", "app", "service_url", "with_admin"]
