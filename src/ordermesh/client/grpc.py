@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, get_args
 
@@ -24,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from ordermesh.client.guard import default_guard
 from ordermesh.client.rpc import GrpcClient
+from ordermesh.client.surface import AsyncPages, SyncPages
 from ordermesh.orders.v1 import orders_pb2 as pb
 from ordermesh.orders.v1 import orders_pb2_grpc as pb_grpc
 from ordermesh.resilience import Guard
@@ -115,7 +116,7 @@ def _create_request(
     )
 
 
-class OrdersGrpcClient(GrpcClient):
+class OrdersGrpcClient(GrpcClient, AsyncPages):
     """Async client. The seed's ``OrderServiceStub`` is there too, as ``.stub``."""
 
     downstream = "orders"
@@ -132,17 +133,6 @@ class OrdersGrpcClient(GrpcClient):
         super().__init__(target, token, timeout, retries, guard)
         self.stub = pb_grpc.OrderServiceStub(self.channel)
 
-    async def get_user_orders(
-        self,
-        user_id: str,
-        limit: int | None = None,
-        after: str | None = None,
-        timeout: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """One page of the user's orders, newest first: the newest ``limit`` (the server's default
-        page size unless given), or those older than the page whose ``next`` cursor is ``after``."""
-        return list((await self.get_user_orders_page(user_id, limit, after, timeout))["orders"])
-
     async def get_user_orders_page(
         self,
         user_id: str,
@@ -153,19 +143,6 @@ class OrdersGrpcClient(GrpcClient):
         """``{"orders": [...], "next": CURSOR|None}`` (``next_page_token``, None on the last page)."""
         request = _list_request(user_id, limit, after)
         return _page(await self._call(self.stub.GetUserOrders, request, timeout))
-
-    async def iter_user_orders(
-        self, user_id: str, page_size: int | None = None, timeout: float | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Every order of the user, newest first, a page at a time (``timeout`` per page)."""
-        after: str | None = None
-        while True:
-            page = await self.get_user_orders_page(user_id, page_size, after, timeout)
-            for order in page["orders"]:
-                yield order
-            after = page["next"]
-            if after is None:
-                return
 
     async def get_order(
         self,
@@ -223,7 +200,7 @@ class OrdersGrpcClient(GrpcClient):
             backoff = min(backoff * 2, max_backoff)
 
 
-class SyncOrdersGrpcClient:
+class SyncOrdersGrpcClient(SyncPages):
     """The blocking twin of ``OrdersGrpcClient`` (grpc's sync channel, the same conversions, the
     same guard through ``Guard.call_blocking``); safe to share between threads."""
 
@@ -253,16 +230,6 @@ class SyncOrdersGrpcClient:
 
         return self.guard.call_blocking(attempt, timeout=timeout or self.timeout)
 
-    def get_user_orders(
-        self,
-        user_id: str,
-        limit: int | None = None,
-        after: str | None = None,
-        timeout: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """One page of the user's orders, newest first (as ``OrdersGrpcClient.get_user_orders``)."""
-        return list(self.get_user_orders_page(user_id, limit, after, timeout)["orders"])
-
     def get_user_orders_page(
         self,
         user_id: str,
@@ -272,18 +239,6 @@ class SyncOrdersGrpcClient:
     ) -> dict[str, Any]:
         """``{"orders": [...], "next": CURSOR|None}`` (``next_page_token``, None on the last page)."""
         return _page(self._call(self.stub.GetUserOrders, _list_request(user_id, limit, after), timeout))
-
-    def iter_user_orders(
-        self, user_id: str, page_size: int | None = None, timeout: float | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Every order of the user, newest first, a page at a time (``timeout`` per page)."""
-        after: str | None = None
-        while True:
-            page = self.get_user_orders_page(user_id, page_size, after, timeout)
-            yield from page["orders"]
-            after = page["next"]
-            if after is None:
-                return
 
     def get_order(
         self,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -26,6 +26,7 @@ import urllib3
 
 from ordermesh import errors, tracing
 from ordermesh.client.guard import default_guard
+from ordermesh.client.surface import AsyncPages, SyncPages
 from ordermesh.problems import error_from_problem
 from ordermesh.resilience import Guard, deadline
 from ordermesh.resilience.deadline import DEADLINE_HEADER
@@ -43,10 +44,10 @@ class _Request:
     field: str | None = None  # the member of the JSON answer the caller wants
 
 
-def _user_orders(user_id: str, limit: int | None, after: str | None, field: str | None) -> _Request:
+def _user_orders(user_id: str, limit: int | None, after: str | None) -> _Request:
     query = urlencode({k: v for k, v in {"limit": limit, "after": after}.items() if v is not None})
     path = f"/api/users/{quote(user_id, safe='')}/orders" + (f"?{query}" if query else "")
-    return _Request("GET", path, field=field)
+    return _Request("GET", path)
 
 
 def _order_events(order_id: str) -> _Request:
@@ -97,7 +98,7 @@ class _Base:
         return {**self._auth, **(req.headers or {}), DEADLINE_HEADER: deadline.to_header(left)}
 
 
-class OrdermeshClient(_Base):
+class OrdermeshClient(_Base, SyncPages):
     """The blocking twin of ``AsyncOrdermeshClient``; safe to share between threads."""
 
     def __init__(
@@ -130,17 +131,6 @@ class OrdermeshClient(_Base):
 
         return self.guard.call_blocking(attempt, timeout=timeout or self.timeout, idempotent=req.retry)
 
-    def get_user_orders(
-        self,
-        user_id: str,
-        limit: int | None = None,
-        after: str | None = None,
-        timeout: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """One page of the user's orders, newest first: the newest ``limit`` (the server's default
-        page size unless given), or those older than the page whose ``next`` cursor is ``after``."""
-        return cast(list[dict[str, Any]], self._send(_user_orders(user_id, limit, after, "orders"), timeout))
-
     def get_user_orders_page(
         self,
         user_id: str,
@@ -149,19 +139,7 @@ class OrdermeshClient(_Base):
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """``{"orders": [...], "next": CURSOR|None}``: as ``get_user_orders``, with the cursor."""
-        return cast(dict[str, Any], self._send(_user_orders(user_id, limit, after, None), timeout))
-
-    def iter_user_orders(
-        self, user_id: str, page_size: int | None = None, timeout: float | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Every order of the user, newest first, a page at a time (``timeout`` per page)."""
-        after: str | None = None
-        while True:
-            page = self.get_user_orders_page(user_id, page_size, after, timeout)
-            yield from page["orders"]
-            after = page["next"]
-            if after is None:
-                return
+        return cast(dict[str, Any], self._send(_user_orders(user_id, limit, after), timeout))
 
     def get_order(
         self,
@@ -198,7 +176,7 @@ class OrdermeshClient(_Base):
         self.close()
 
 
-class AsyncOrdermeshClient(_Base):
+class AsyncOrdermeshClient(_Base, AsyncPages):
     def __init__(
         self,
         base_url: str | None = None,
@@ -237,18 +215,6 @@ class AsyncOrdermeshClient(_Base):
 
         return await self.guard.call(attempt, timeout=timeout or self.timeout, idempotent=req.retry)
 
-    async def get_user_orders(
-        self,
-        user_id: str,
-        limit: int | None = None,
-        after: str | None = None,
-        timeout: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """One page of the user's orders, newest first: the newest ``limit`` (the server's default
-        page size unless given), or those older than the page whose ``next`` cursor is ``after``."""
-        req = _user_orders(user_id, limit, after, "orders")
-        return cast(list[dict[str, Any]], await self._send(req, timeout))
-
     async def get_user_orders_page(
         self,
         user_id: str,
@@ -257,21 +223,8 @@ class AsyncOrdermeshClient(_Base):
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """``{"orders": [...], "next": CURSOR|None}``: as ``get_user_orders``, with the cursor."""
-        req = _user_orders(user_id, limit, after, None)
+        req = _user_orders(user_id, limit, after)
         return cast(dict[str, Any], await self._send(req, timeout))
-
-    async def iter_user_orders(
-        self, user_id: str, page_size: int | None = None, timeout: float | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Every order of the user, newest first, a page at a time (``timeout`` per page)."""
-        after: str | None = None
-        while True:
-            page = await self.get_user_orders_page(user_id, page_size, after, timeout)
-            for order in page["orders"]:
-                yield order
-            after = page["next"]
-            if after is None:
-                return
 
     async def get_order(
         self,
