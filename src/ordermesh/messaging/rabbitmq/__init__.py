@@ -1,4 +1,6 @@
-"""The RabbitMQ adapter: ``broker`` (topology, publish, dead letters), ``subscription`` (one
+"""The RabbitMQ adapter: ``broker`` (the adapter: open, publish, subscribe), ``topology`` (declaring
+and deleting exchanges, queues, delay queues and DLQs), ``deadletters`` (listing and replaying
+them), ``subscription`` (one
 consumer and its deliveries: handler, retry, dead letter), ``publishing`` (confirmed publishes),
 ``naming`` (the topology's names), ``codec`` (the envelope in AMQP properties), ``acks``
 (coalesced acknowledgements), ``wire`` (how a broker talks to aiormq; the stock path) and, behind
