@@ -14,4 +14,9 @@ def spec(name: ServiceName) -> ServiceSpec:
     return loaded
 
 
-__all__ = ["SERVICES", "spec"]
+def consumer_queues() -> list[str]:
+    """Every queue a service of this system may consume, in service order."""
+    return [queue for name in SERVICES for queue in spec(name).queues]
+
+
+__all__ = ["SERVICES", "consumer_queues", "spec"]

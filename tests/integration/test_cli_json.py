@@ -3,6 +3,7 @@ reprs) in tables, and nothing to replay is not an error."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from ordermesh import catalog
 from ordermesh.cli import app
+from ordermesh.config import load
+from ordermesh.messaging import open_broker
+from ordermesh.messaging.port import Delivery, Message, PermanentError
+from tests.helpers import FAST, dead_letters, order_payload
 
 runner = CliRunner()
 
@@ -59,6 +65,35 @@ def test_info_and_dead_letters_speak_json(data_dir: Path) -> None:
     assert "nothing to replay" in run("dlq", "replay", "--all")  # an empty DLQ is no error
     missing = runner.invoke(app, ["dlq", "replay", "no-such-id"])
     assert missing.exit_code == 1 and "no dead letter no-such-id" in missing.output
+
+
+def test_dead_letters_of_every_services_queues_are_listed_without_naming_one() -> None:
+    """A dead letter in a choreography queue (``payments.order_created``), not only in the
+    notification service's: ``dlq list`` looks in every queue the catalog's services consume."""
+    queues = catalog.consumer_queues()
+    assert {"payments.order_created", "inventory.payment_processed", "shipping.stock_reserved"} <= set(queues)
+    assert {"orders.payment_events", "notifications.order_created"} <= set(queues)
+
+    async def poison() -> None:
+        broker = await open_broker(load().effective_broker_url)
+        try:
+
+            async def refuse(_d: Delivery) -> None:
+                raise PermanentError("no such customer")
+
+            sub = await broker.subscribe(
+                "payments.order_created", "orders", ["order.created"], refuse, retry=FAST
+            )
+            await broker.publish("orders", [Message.json("order.created", order_payload("o-9"))])
+            await dead_letters(broker, "payments.order_created", 1)
+            await sub.stop()
+        finally:
+            await broker.close()
+
+    asyncio.run(poison())
+    [letter] = run("dlq", "list", "--json")
+    assert letter["queue"] == "payments.order_created" and "no such customer" in letter["error"]
+    assert "replayed 1" in run("dlq", "replay", "--all")
 
 
 def test_order_list_pages() -> None:

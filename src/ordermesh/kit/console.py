@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ordermesh.config import load, redact_urls
+from ordermesh.config import Settings, load, redact_urls
 from ordermesh.db import SqlDb, connect
 from ordermesh.errors import ConfigError, OrdermeshError, ValidationError
 
@@ -45,6 +45,14 @@ def fail(exc: OrdermeshError) -> NoReturn:
     raise typer.Exit(2 if isinstance(exc, ConfigError | ValidationError) else 1) from exc
 
 
+def settings() -> Settings:
+    """The settings of the environment; a bad value is one line and exit 2 (a usage error)."""
+    try:
+        return load()
+    except ConfigError as exc:
+        fail(exc)
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)``; an ``OrdermeshError`` (a database or broker that is down, whose
     message says how to start it) is :func:`fail`, not a traceback."""
@@ -67,4 +75,4 @@ def on_database(service: str, work: Callable[[SqlDb], Awaitable[T]]) -> T:
     return run(main())
 
 
-__all__ = ["JsonFlag", "console", "errors", "fail", "on_database", "print_json", "run"]
+__all__ = ["JsonFlag", "console", "errors", "fail", "on_database", "print_json", "run", "settings"]

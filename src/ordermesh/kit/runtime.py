@@ -64,6 +64,7 @@ class ServiceSpec:
     http_port: str  # the Settings field of its HTTP port (REST and/or /livez, /readyz, /metrics)
     grpc_port: str | None = None  # the Settings field of its gRPC port, for gRPC services
     security_schemes: dict[str, Any] | None = None  # documented in its OpenAPI
+    queues: tuple[str, ...] = ()  # the queues it may consume: where its dead letters are (``ordermesh dlq``)
 
 
 @dataclass

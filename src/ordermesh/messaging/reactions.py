@@ -57,6 +57,14 @@ def react_once(
     return handle
 
 
+def bound(
+    queues: Mapping[str, tuple[str, str]], handlers: Mapping[str, Handler]
+) -> dict[str, tuple[str, str, Handler]]:
+    """``queue: (exchange, binding key)`` (a service's published list of what it consumes) with
+    each queue's handler, found by its binding key: what ``subscribe_all`` takes."""
+    return {queue: (exchange, key, handlers[key]) for queue, (exchange, key) in queues.items()}
+
+
 async def subscribe_all(
     broker: Broker,
     queues: Mapping[str, tuple[str, str, Handler]],
@@ -80,4 +88,4 @@ async def subscribe_all(
     return subscriptions
 
 
-__all__ = ["react_once", "subscribe_all"]
+__all__ = ["bound", "react_once", "subscribe_all"]

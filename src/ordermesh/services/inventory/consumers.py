@@ -34,13 +34,19 @@ from ordermesh.messaging import Broker
 from ordermesh.messaging.inbox import Inbox
 from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import Delivery, Handler, PermanentError, RetryPolicy, Subscription
-from ordermesh.messaging.reactions import react_once, subscribe_all
+from ordermesh.messaging.reactions import bound, react_once, subscribe_all
 from ordermesh.services.inventory.domain import MAX_REASON, Line
 from ordermesh.services.inventory.store import InventoryStore
 
 INBOX_CONSUMER = "inventory"
 REACTED = "inventory.choreography.reacted"  # the failpoint between a reaction and its inbox record
 RETRY = RetryPolicy(max_attempts=30, initial=0.1, multiplier=2.0, maximum=5.0)
+QUEUES = {  # queue -> (exchange, binding key): what inventory consumes (``ordermesh dlq`` lists them)
+    "inventory.order_created": (order_contract.EXCHANGE, "order.created"),
+    "inventory.payment_processed": (payment_contract.EXCHANGE, payment_contract.PAYMENT_PROCESSED),
+    "inventory.order_cancelled": (order_contract.EXCHANGE, "order.cancelled"),
+    "inventory.order_shipped": (order_contract.EXCHANGE, "order.shipped"),
+}
 _LINES = {
     dialect: [
         "CREATE TABLE IF NOT EXISTS inventory_order_lines (order_id text PRIMARY KEY, items text NOT NULL)"
@@ -118,25 +124,21 @@ async def start_inventory_consumers(
     broker: Broker, reactions: InventoryReactions, metrics: ConsumerMetrics | None = None
 ) -> list[Subscription]:
     """Subscribe the inventory's four queues; returns at once."""
-    queues: dict[str, tuple[str, str, Handler]] = {
-        "inventory.order_created": (order_contract.EXCHANGE, "order.created", reactions.on_order_created),
-        "inventory.payment_processed": (
-            payment_contract.EXCHANGE,
-            payment_contract.PAYMENT_PROCESSED,
-            reactions.once(reactions.on_payment_processed),
-        ),
-        "inventory.order_cancelled": (
-            order_contract.EXCHANGE,
-            "order.cancelled",
-            reactions.once(reactions.on_order_cancelled),
-        ),
-        "inventory.order_shipped": (
-            order_contract.EXCHANGE,
-            "order.shipped",
-            reactions.once(reactions.on_order_shipped),
-        ),
+    handlers = {
+        "order.created": reactions.on_order_created,  # its inbox record commits with the lines it keeps
+        payment_contract.PAYMENT_PROCESSED: reactions.once(reactions.on_payment_processed),
+        "order.cancelled": reactions.once(reactions.on_order_cancelled),
+        "order.shipped": reactions.once(reactions.on_order_shipped),
     }
-    return await subscribe_all(broker, queues, retry=RETRY, metrics=metrics)
+    return await subscribe_all(broker, bound(QUEUES, handlers), retry=RETRY, metrics=metrics)
 
 
-__all__ = ["INBOX_CONSUMER", "REACTED", "RETRY", "InventoryReactions", "NotYet", "start_inventory_consumers"]
+__all__ = [
+    "INBOX_CONSUMER",
+    "QUEUES",
+    "REACTED",
+    "RETRY",
+    "InventoryReactions",
+    "NotYet",
+    "start_inventory_consumers",
+]

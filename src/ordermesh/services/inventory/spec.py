@@ -11,6 +11,7 @@ from ordermesh.messaging.inbox import SqlInbox
 from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.services.inventory.consumers import (
     INBOX_CONSUMER,
+    QUEUES,
     InventoryReactions,
     start_inventory_consumers,
 )
@@ -38,6 +39,7 @@ SPEC = ServiceSpec(
     build=build,
     http_port="inventory_http_port",
     grpc_port="inventory_grpc_port",
+    queues=tuple(QUEUES),
 )
 
 __all__ = ["SPEC", "build"]

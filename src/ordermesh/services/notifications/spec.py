@@ -46,4 +46,5 @@ SPEC = ServiceSpec(
     title="ordermesh notifications",
     build=build,
     http_port="notifications_http_port",
+    queues=tuple(QUEUES),
 )

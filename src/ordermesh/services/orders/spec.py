@@ -18,6 +18,7 @@ from ordermesh.messaging.relay import OutboxRelay, ParkingLot
 from ordermesh.ratelimit import RateLimiter
 from ordermesh.saga import MemorySagaStore, SagaPolicy, SagaRunner, SagaStore, SqlSagaStore
 from ordermesh.services.orders.app import TITLE, install_order_api
+from ordermesh.services.orders.choreography import QUEUES as CHOREOGRAPHY_QUEUES
 from ordermesh.services.orders.choreography import choreograph
 from ordermesh.services.orders.grpc_api import SERVICE_NAME, OrderGrpcService
 from ordermesh.services.orders.outbox import EXCHANGE, RELAY_NAME, OrderMessages
@@ -120,4 +121,5 @@ SPEC = ServiceSpec(
     http_port="http_port",
     grpc_port="grpc_port",
     security_schemes=BEARER,
+    queues=tuple(CHOREOGRAPHY_QUEUES),
 )

@@ -23,7 +23,7 @@ from ordermesh.messaging import Broker
 from ordermesh.messaging.inbox import Inbox
 from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import Delivery, Handler, PermanentError, RetryPolicy, Subscription
-from ordermesh.messaging.reactions import react_once, subscribe_all
+from ordermesh.messaging.reactions import bound, react_once, subscribe_all
 from ordermesh.services.payments.domain import MAX_REASON
 from ordermesh.services.payments.service import PaymentService
 
@@ -33,6 +33,10 @@ REACTED = "payments.choreography.reacted"  # the failpoint between a reaction an
 # past ~2 minutes of failing, the message is dead-lettered for an operator (and the saga's
 # deadline cancels the order meanwhile).
 RETRY = RetryPolicy(max_attempts=30, initial=0.1, multiplier=2.0, maximum=5.0)
+QUEUES = {  # queue -> (exchange, binding key): what payments consumes (``ordermesh dlq`` lists them)
+    "payments.order_created": (order_contract.EXCHANGE, "order.created"),
+    "payments.order_cancelled": (order_contract.EXCHANGE, "order.cancelled"),
+}
 
 
 def _order(delivery: Delivery, *fields: str) -> dict[str, Any]:
@@ -68,19 +72,19 @@ async def start_payment_consumers(
 ) -> list[Subscription]:
     """Subscribe ``payments.order_created`` and ``payments.order_cancelled``; returns at once."""
     reactions = PaymentReactions(service)
-    queues = {
-        "payments.order_created": (
-            order_contract.EXCHANGE,
-            "order.created",
-            once(inbox, reactions.on_order_created),
-        ),
-        "payments.order_cancelled": (
-            order_contract.EXCHANGE,
-            "order.cancelled",
-            once(inbox, reactions.on_order_cancelled),
-        ),
+    handlers = {
+        "order.created": once(inbox, reactions.on_order_created),
+        "order.cancelled": once(inbox, reactions.on_order_cancelled),
     }
-    return await subscribe_all(broker, queues, retry=RETRY, metrics=metrics)
+    return await subscribe_all(broker, bound(QUEUES, handlers), retry=RETRY, metrics=metrics)
 
 
-__all__ = ["INBOX_CONSUMER", "REACTED", "RETRY", "PaymentReactions", "once", "start_payment_consumers"]
+__all__ = [
+    "INBOX_CONSUMER",
+    "QUEUES",
+    "REACTED",
+    "RETRY",
+    "PaymentReactions",
+    "once",
+    "start_payment_consumers",
+]

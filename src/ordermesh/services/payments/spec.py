@@ -10,7 +10,7 @@ from ordermesh.contracts.payments import EXCHANGE
 from ordermesh.kit import Runtime, ServiceSpec
 from ordermesh.messaging.inbox import SqlInbox
 from ordermesh.messaging.metrics import ConsumerMetrics
-from ordermesh.services.payments.consumers import INBOX_CONSUMER, start_payment_consumers
+from ordermesh.services.payments.consumers import INBOX_CONSUMER, QUEUES, start_payment_consumers
 from ordermesh.services.payments.grpc_api import SERVICE_NAME, PaymentGrpcService
 from ordermesh.services.payments.provider import SimulatedProvider
 from ordermesh.services.payments.service import PaymentService
@@ -35,6 +35,7 @@ SPEC = ServiceSpec(
     build=build,
     http_port="payments_http_port",
     grpc_port="payments_grpc_port",
+    queues=tuple(QUEUES),
 )
 
 __all__ = ["SPEC", "build"]

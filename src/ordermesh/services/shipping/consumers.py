@@ -26,7 +26,7 @@ from ordermesh.messaging import Broker
 from ordermesh.messaging.inbox import Inbox
 from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import Delivery, Handler, PermanentError, RetryPolicy, Subscription
-from ordermesh.messaging.reactions import react_once, subscribe_all
+from ordermesh.messaging.reactions import bound, react_once, subscribe_all
 from ordermesh.services.shipping.domain import Item
 from ordermesh.services.shipping.service import ShippingService
 
@@ -35,6 +35,10 @@ log = logging.getLogger("ordermesh.shipping")
 INBOX_CONSUMER = "shipping"
 REACTED = "shipping.choreography.reacted"  # the failpoint between a reaction and its inbox record
 RETRY = RetryPolicy(max_attempts=30, initial=0.1, multiplier=2.0, maximum=5.0)
+QUEUES = {  # queue -> (exchange, binding key): what shipping consumes (``ordermesh dlq`` lists them)
+    "shipping.stock_reserved": (stock_contract.EXCHANGE, stock_contract.STOCK_RESERVED),
+    "shipping.order_cancelled": (order_contract.EXCHANGE, "order.cancelled"),
+}
 
 
 class ShippingReactions:
@@ -68,19 +72,11 @@ async def start_shipping_consumers(
     broker: Broker, reactions: ShippingReactions, metrics: ConsumerMetrics | None = None
 ) -> list[Subscription]:
     """Subscribe ``shipping.stock_reserved`` and ``shipping.order_cancelled``; returns at once."""
-    queues: dict[str, tuple[str, str, Handler]] = {
-        "shipping.stock_reserved": (
-            stock_contract.EXCHANGE,
-            stock_contract.STOCK_RESERVED,
-            reactions.once(reactions.on_stock_reserved),
-        ),
-        "shipping.order_cancelled": (
-            order_contract.EXCHANGE,
-            "order.cancelled",
-            reactions.once(reactions.on_order_cancelled),
-        ),
+    handlers = {
+        stock_contract.STOCK_RESERVED: reactions.once(reactions.on_stock_reserved),
+        "order.cancelled": reactions.once(reactions.on_order_cancelled),
     }
-    return await subscribe_all(broker, queues, retry=RETRY, metrics=metrics)
+    return await subscribe_all(broker, bound(QUEUES, handlers), retry=RETRY, metrics=metrics)
 
 
-__all__ = ["INBOX_CONSUMER", "REACTED", "RETRY", "ShippingReactions", "start_shipping_consumers"]
+__all__ = ["INBOX_CONSUMER", "QUEUES", "REACTED", "RETRY", "ShippingReactions", "start_shipping_consumers"]

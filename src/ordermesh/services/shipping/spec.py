@@ -8,7 +8,12 @@ from ordermesh.contracts.shipping import EXCHANGE
 from ordermesh.kit import Runtime, ServiceSpec
 from ordermesh.messaging.inbox import SqlInbox
 from ordermesh.messaging.metrics import ConsumerMetrics
-from ordermesh.services.shipping.consumers import INBOX_CONSUMER, ShippingReactions, start_shipping_consumers
+from ordermesh.services.shipping.consumers import (
+    INBOX_CONSUMER,
+    QUEUES,
+    ShippingReactions,
+    start_shipping_consumers,
+)
 from ordermesh.services.shipping.rest import BEARER, shipping_router
 from ordermesh.services.shipping.service import ShippingService
 
@@ -31,6 +36,7 @@ SPEC = ServiceSpec(
     build=build,
     http_port="shipping_http_port",
     security_schemes=BEARER,
+    queues=tuple(QUEUES),
 )
 
 __all__ = ["SPEC", "build"]
