@@ -151,8 +151,6 @@ class RabbitBroker:
         """Whether this broker runs on the fast path (else on aiormq's stock path)."""
         return self._wire.fast
 
-    _delay_ms = staticmethod(Names.delay_ms)  # asyncapi.py lists the delay queues with it
-
     async def declare_exchange(self, exchange: str) -> None:
         await self._topology.declared_exchange(exchange)
 
