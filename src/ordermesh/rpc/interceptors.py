@@ -18,6 +18,9 @@ a faulted call is logged, counted and answered like a real failure; with none se
 The wrapped handler is built once per method (and handler) and reused; per call there is one
 coroutine (or async generator) layer. Every call runs in its own task and context, so the context
 variables set here (principal, deadline) are seen by the handler, an async generator included.
+
+Beside it: ``rpc.telemetry`` (what a call leaves behind: metrics, access log line, span status)
+and ``rpc.decoding`` (undecodable requests answered with INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -28,26 +31,22 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
 from typing import Any, NoReturn, TypeAlias
 
 import grpc
-from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 
 from ordermesh import tracing
 from ordermesh.auth import Tokens
-from ordermesh.errors import FieldViolation, Unauthenticated, ValidationError
+from ordermesh.errors import Unauthenticated
 from ordermesh.resilience.faults import Faults
-from ordermesh.rpc.context import principal_or_none, set_deadline, set_principal
+from ordermesh.rpc.context import set_deadline, set_principal
+from ordermesh.rpc.decoding import checked, guarded
 from ordermesh.rpc.faults import inject
 from ordermesh.rpc.status import to_grpc_status
+from ordermesh.rpc.telemetry import FLUSH_EVERY, Method, Metrics
 
 log = logging.getLogger("ordermesh.rpc")
-# Live streams report their message count every this many messages, not only when they end
-# (counting each message costs ~2.4 µs; a batch of them costs nothing measurable).
-_FLUSH_EVERY = 64
 
 #: Methods anyone may call: health checks and reflection carry no token.
 PUBLIC_METHOD_PREFIXES = (
@@ -58,7 +57,6 @@ PUBLIC_METHOD_PREFIXES = (
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-_Deserializer = Callable[[bytes], Any]
 
 _FACTORIES = {
     (False, False): grpc.unary_unary_rpc_method_handler,
@@ -69,95 +67,6 @@ _FACTORIES = {
 _END = object()
 _OK = grpc.StatusCode.OK
 _NO_DEADLINE = 10 * 365 * 86400.0  # older grpc versions report "none" as a far future
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
-
-
-class Metrics:
-    """Prometheus: calls by method and code, latency by method (a stream's lasts until it ends),
-    messages sent on server streams by method."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.calls = Counter(
-            "ordermesh_grpc_calls", "gRPC calls answered", ["method", "code"], registry=registry
-        )
-        self.latency = Histogram(
-            "ordermesh_grpc_call_seconds",
-            "gRPC call duration (streams: until the stream ends)",
-            ["method"],
-            registry=registry,
-            buckets=_LATENCY_BUCKETS,
-        )
-        self.messages = Counter(
-            "ordermesh_grpc_stream_messages", "Messages sent on server streams", ["method"], registry=registry
-        )
-
-
-class _Method:
-    """What the wrapper of one method needs per call, computed once: its name, whether it is
-    public, and its metric children (calls per code, latency, messages)."""
-
-    __slots__ = (
-        "_calls",
-        "_metrics",
-        "latency",
-        "messages",
-        "name",
-        "public",
-        "response_streaming",
-        "traced",
-    )
-
-    def __init__(
-        self, name: str, public: bool, response_streaming: bool, metrics: Metrics | None, traced: bool = False
-    ) -> None:
-        self.name = name
-        self.public = public
-        self.response_streaming = response_streaming
-        self.traced = traced
-        self._metrics = metrics
-        self._calls: dict[grpc.StatusCode, Any] = {}
-        self.latency = None if metrics is None else metrics.latency.labels(name)
-        self.messages = None if metrics is None or not response_streaming else metrics.messages.labels(name)
-
-    def record(self, context: Context, error: BaseException | None, seconds: float, messages: int) -> None:
-        """The call ended: count it, time it, log it (when INFO is on for ``ordermesh.rpc``) and,
-        traced, put its final code on the call's span."""
-        metrics = self._metrics
-        logging_on = log.isEnabledFor(logging.INFO)
-        if metrics is None and not logging_on and not self.traced:
-            return
-        code = _outcome(context, error)
-        if self.traced:
-            _settle_span(code, context)
-        if metrics is not None:
-            if messages % _FLUSH_EVERY and self.messages is not None:
-                self.messages.inc(messages % _FLUSH_EVERY)  # the rest went in while streaming
-            calls = self._calls.get(code)
-            if calls is None:
-                calls = self._calls[code] = metrics.calls.labels(self.name, code.name)
-            calls.inc()
-            assert self.latency is not None
-            self.latency.observe(seconds)
-        if logging_on:
-            self._log(code, seconds, messages)
-
-    def _log(self, code: grpc.StatusCode, seconds: float, messages: int) -> None:
-        """One INFO line per call: method, code, duration, user (and messages for streams), in
-        the text as key=value and as ``rpc_*`` record attributes."""
-        user = principal_or_none()
-        fields: dict[str, Any] = {
-            "rpc_method": self.name,
-            "rpc_code": code.name,
-            "rpc_duration_ms": round(seconds * 1000, 3),
-            "rpc_user": user,
-        }
-        text = "rpc method=%s code=%s duration_ms=%.3f user=%s"
-        args: list[Any] = [self.name, code.name, seconds * 1000, user or "-"]
-        if self.response_streaming:
-            fields["rpc_messages"] = messages
-            text += " messages=%d"
-            args.append(messages)
-        log.info(text, *args, extra=fields)
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
@@ -216,7 +125,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             (True, True): handler.stream_stream,
         }[kind]
         assert behaviour is not None, f"{method}: handler without a behaviour"
-        state = _Method(
+        state = Method(
             method, method.startswith(self._public), handler.response_streaming, self._metrics, self._traced
         )
         wrapped: Callable[..., Any]
@@ -226,12 +135,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             wrapped = self._unary(state, behaviour, handler.request_streaming)
         return _FACTORIES[kind](
             wrapped,
-            request_deserializer=_guarded(handler.request_deserializer),
+            request_deserializer=guarded(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
     def _unary(
-        self, state: _Method, behaviour: Callable[..., Any], request_streaming: bool
+        self, state: Method, behaviour: Callable[..., Any], request_streaming: bool
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         is_coroutine = inspect.iscoroutinefunction(behaviour)
         default = self.default_deadline
@@ -244,7 +153,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             start, error = time.perf_counter(), None
             try:
                 try:
-                    request = _checked(request, request_streaming)
+                    request = checked(request, request_streaming)
                     if faults is not None and faults.link is not None:
                         await inject(faults, context, default)
                     if authenticate is not None:
@@ -293,7 +202,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return unary
 
     def _streamed(
-        self, state: _Method, behaviour: Callable[..., Any], request_streaming: bool
+        self, state: Method, behaviour: Callable[..., Any], request_streaming: bool
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         authenticate = None if state.public else self._authenticate
         faults = None if state.public else self._faults
@@ -303,7 +212,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             start, error, count = time.perf_counter(), None, 0
             try:
                 try:
-                    request = _checked(request, request_streaming)
+                    request = checked(request, request_streaming)
                     if faults is not None and faults.link is not None:
                         await inject(faults, context, None)
                     if authenticate is not None:
@@ -317,8 +226,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                         async with aclosing(_stream(behaviour, request, context)) as messages:
                             async for message in messages:
                                 count += 1
-                                if count % _FLUSH_EVERY == 0 and state.messages is not None:
-                                    state.messages.inc(_FLUSH_EVERY)
+                                if count % FLUSH_EVERY == 0 and state.messages is not None:
+                                    state.messages.inc(FLUSH_EVERY)
                                 yield message
                     except TimeoutError:
                         if deadline is None or time.monotonic() < deadline:
@@ -358,7 +267,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             tracing.continue_remote(incoming, state)
 
     @staticmethod
-    async def _answer(state: _Method, context: Context, exc: Exception) -> NoReturn:
+    async def _answer(state: Method, context: Context, exc: Exception) -> NoReturn:
         """Answers what a handler raised: an ``OrdermeshError`` with its status and rich details
         (``ordermesh.rpc.status``), anything else with INTERNAL and a generic message (logged
         with its traceback: it is a bug). A status the handler chose stands: ``context.abort``,
@@ -395,69 +304,9 @@ def _bearer_token(values: list[str | bytes]) -> str:
     return token.strip()
 
 
-def _settle_span(code: grpc.StatusCode, context: Context) -> None:
-    """The final status on the call's span: our errors answer with ``abort_with_status``, which
-    OpenTelemetry's interceptor does not see."""
-    span = trace.get_current_span()
-    if not span.is_recording():
-        return
-    span.set_attribute("rpc.grpc.status_code", code.value[0])
-    if code is not _OK:
-        details: str | None = context.details() if code is not grpc.StatusCode.CANCELLED else None
-        span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}" if details else code.name))
-
-
 def _client_budget(context: Context) -> float | None:
     remaining: float | None = context.time_remaining()
     return None if remaining is None or remaining >= _NO_DEADLINE else remaining
 
 
-def _outcome(context: Context, error: BaseException | None) -> grpc.StatusCode:
-    if isinstance(error, asyncio.CancelledError | GeneratorExit):
-        remaining: float | None = context.time_remaining()
-        expired = remaining is not None and remaining <= 0
-        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-    code: grpc.StatusCode | None = context.code()  # set by abort(), or by the handler
-    if code is not None:
-        return code
-    return _OK if error is None else grpc.StatusCode.UNKNOWN
-
-
-def _guarded(deserialize: _Deserializer | None) -> _Deserializer | None:
-    """A request that cannot be decoded becomes an :class:`_Undecodable`, answered with
-    INVALID_ARGUMENT by the wrapper (grpc.aio alone would answer UNKNOWN)."""
-    if deserialize is None:
-        return None
-    inner = deserialize
-
-    def guarded(raw: bytes) -> Any:
-        try:
-            return inner(raw)
-        except Exception as exc:
-            return _Undecodable(str(exc) or type(exc).__name__)
-
-    return guarded
-
-
-@dataclass(frozen=True, slots=True)
-class _Undecodable:
-    """Stands for a request message that did not decode, until the handler wrapper rejects it."""
-
-    reason: str
-
-    def error(self) -> ValidationError:
-        description = f"could not be decoded: {self.reason}"
-        return ValidationError(f"request: {description}", [FieldViolation("request", description)])
-
-
-def _checked(request: Any, streaming: bool) -> Any:
-    if isinstance(request, _Undecodable):
-        raise request.error()
-    return _checked_stream(request) if streaming else request
-
-
-async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
-        if isinstance(request, _Undecodable):
-            raise request.error()
-        yield request
+__all__ = ["PUBLIC_METHOD_PREFIXES", "CallInterceptor", "Context", "Handler", "Metrics"]
