@@ -6,9 +6,7 @@ the others undo what they did (refund, release, cancel the shipment).
 
 The order service follows it all (queues ``orders.payment_events``, ``orders.stock_events``,
 ``orders.shipment_events``): it moves the order as each event arrives and writes the same saga
-log as the orchestrator (style ``choreographed``; steps payment, stock, shipment, commit;
-compensations payment, stock, shipment, last first, then cancel), so ``GET
-/api/orders/{id}/saga`` and ``ordermesh saga show`` read both styles alike.
+log as the orchestrator (its transitions, and the log's shape, are in ``choreography_log``).
 
 Decisions:
 
@@ -58,6 +56,16 @@ from ordermesh.messaging.metrics import ConsumerMetrics
 from ordermesh.messaging.port import Delivery, RetryPolicy, Subscription
 from ordermesh.messaging.reactions import react_once, subscribe_all
 from ordermesh.saga import SagaRecord, SagaStore, StepRecord
+from ordermesh.services.orders.choreography_log import (
+    NAMES,
+    STEPS,
+    end_as_order,
+    follow_order,
+    order_data,
+    step_done,
+    step_failed,
+    undone,
+)
 from ordermesh.services.orders.domain import TERMINAL, OrderAggregate
 from ordermesh.services.orders.runtime import OrderSystem
 from ordermesh.services.orders.saga import SAGA, Command, record_on_order, start_sagas
@@ -66,9 +74,6 @@ from ordermesh.services.orders.service import OrderService
 log = logging.getLogger("ordermesh.orders.choreography")
 
 STARTER = "order-saga-choreography-starter"  # its own checkpoint: switching styles starts afresh
-STEPS = {"payment": "payments", "stock": "inventory", "shipment": "shipping", "commit": "inventory"}
-NAMES = tuple(STEPS)
-UNDOABLE = ("payment", "stock", "shipment")  # a commit is never undone: the order shipped
 INBOX_CONSUMER = "orders"
 REACTED = "orders.choreography.reacted"  # the failpoint between a reaction and its inbox record
 RETRY = RetryPolicy(max_attempts=30, initial=0.1, multiplier=2.0, maximum=5.0)
@@ -83,124 +88,6 @@ Change = Callable[[SagaRecord, datetime], SagaRecord]
 
 class NotYet(Exception):
     """An event came before the order reached the state it follows: the broker retries it."""
-
-
-# -- the saga log as events arrive: pure, record in, record out -----------------------------------
-
-
-def step_done(record: SagaRecord, name: str, detail: str, now: datetime) -> SagaRecord:
-    """``name`` succeeded; the next step is under way (or the saga completed). While compensating,
-    a late success is something more to undo."""
-    step = record.step(name)
-    if step is not None and step.outcome == "succeeded":
-        return record
-    done = StepRecord(
-        name,
-        STEPS[name],
-        outcome="succeeded",
-        attempts=max(step.attempts if step else 0, 1),
-        started_at=step.started_at if step and step.started_at else now,
-        ended_at=now,
-        detail=detail,
-    )
-    record = record.with_step(done)
-    if record.state == "compensating" and name in UNDOABLE:
-        return expect_undo(record, name, now)
-    if record.state != "running":
-        return record  # terminal: recorded for the operator, nothing moves
-    after = NAMES.index(name) + 1
-    record = replace(record, position=max(record.position, after))
-    if after == len(NAMES):
-        return replace(record, state="completed", wake_at=None)
-    if record.step(NAMES[after]) is None:
-        record = record.with_step(StepRecord(NAMES[after], STEPS[NAMES[after]], attempts=1, started_at=now))
-    return record
-
-
-def step_failed(record: SagaRecord, name: str, reason: str, now: datetime) -> SagaRecord:
-    step = record.step(name)
-    if step is not None and step.outcome == "failed" and step.detail == reason:
-        return record
-    started = step.started_at if step and step.started_at else now
-    attempts = max(step.attempts if step else 0, 1)
-    failed = StepRecord(name, STEPS[name], "action", "failed", attempts, started, now, reason)
-    return begin_compensation(record.with_step(failed), reason, now)
-
-
-def begin_compensation(record: SagaRecord, reason: str, now: datetime) -> SagaRecord:
-    """Compensating: what was confirmed done waits for its undo, last first; a step still under
-    way ends with no answer (its service undoes it, if it ever acts, on ``order.cancelled``)."""
-    if record.state != "running":
-        return record
-    for step in record.steps:
-        if step.kind == "action" and step.outcome in ("running", "retrying"):
-            unanswered = "no answer before the saga was cancelled"
-            record = record.with_step(replace(step, outcome="failed", ended_at=now, detail=unanswered))
-    record = replace(record, state="compensating", reason=reason)
-    for name in reversed(UNDOABLE):
-        done = record.step(name)
-        if done is not None and done.outcome == "succeeded":
-            record = expect_undo(record, name, now)
-    return record
-
-
-def expect_undo(record: SagaRecord, name: str, now: datetime) -> SagaRecord:
-    if record.step(name, "compensation") is not None:
-        return record
-    return record.with_step(StepRecord(name, STEPS[name], "compensation", "running", 1, now))
-
-
-def undone(record: SagaRecord, name: str, detail: str, now: datetime) -> SagaRecord:
-    """The undo of ``name`` was seen; once nothing is outstanding the saga is compensated."""
-    undo = record.step(name, "compensation")
-    if undo is None or undo.outcome != "succeeded":
-        started = undo.started_at if undo and undo.started_at else now
-        record = record.with_step(
-            StepRecord(name, STEPS[name], "compensation", "succeeded", 1, started, now, detail)
-        )
-    return settle(record)
-
-
-def cancelled(record: SagaRecord, reason: str, now: datetime) -> SagaRecord:
-    """The order was cancelled with ``reason``: the finishing compensation, as the orchestrator's."""
-    record = begin_compensation(record, reason, now)
-    if record.step("cancel", "compensation") is None:
-        record = record.with_step(
-            StepRecord("cancel", "orders", "compensation", "succeeded", 1, now, now, reason)
-        )
-    return settle(record)
-
-
-def settle(record: SagaRecord) -> SagaRecord:
-    undos = [s for s in record.steps if s.kind == "compensation"]
-    finished = record.step("cancel", "compensation") is not None
-    if record.state == "compensating" and finished and all(s.outcome == "succeeded" for s in undos):
-        return replace(record, state="compensated", wake_at=None)
-    return record
-
-
-def follow_order(record: SagaRecord, order: OrderAggregate, now: datetime) -> SagaRecord:
-    """What the order shows, in the log: the first half of every change (the event's part goes
-    between this and ``end_as_order``)."""
-    if order.payment_id is not None:
-        record = step_done(record, "payment", order.payment_id, now)
-    if order.reservation_id is not None:
-        record = step_done(record, "stock", order.reservation_id, now)
-    if order.tracking_id is not None:
-        record = step_done(record, "shipment", order.tracking_id, now)
-        record = replace(record, data={**record.data, "tracking_id": order.tracking_id})
-    return record
-
-
-def end_as_order(record: SagaRecord, order: OrderAggregate, now: datetime) -> SagaRecord:
-    if order.status == "cancelled":
-        record = cancelled(record, order.cancel_reason or "cancelled", now)
-    return record
-
-
-def order_data(order: OrderAggregate) -> dict[str, Any]:
-    items = [{"sku": line.sku, "quantity": line.quantity} for line in order.items]
-    return {"total": order.total, "currency": order.currency, "items": items}
 
 
 # -- the order service's side -------------------------------------------------------------------
