@@ -4,7 +4,8 @@ that applies a downstream's ``Policy`` (data, from settings) in the shared clien
 
 from ordermesh.resilience.breaker import CircuitBreaker, CircuitOpen, State, is_infrastructure_failure
 from ordermesh.resilience.bulkhead import Bulkhead, BulkheadFull
-from ordermesh.resilience.policy import DeadlineExceeded, Guard, Guards, Policy
+from ordermesh.resilience.guard import Guard, Guards
+from ordermesh.resilience.policy import DeadlineExceeded, Policy
 from ordermesh.resilience.retry import (
     RetryBudget,
     RetryPolicy,
