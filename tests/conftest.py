@@ -10,6 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import stamina
 
 from tests.helpers.backends import AMQP_URL, PG_HOW, PG_URL, in_ci, missing, require_rabbitmq
 
@@ -24,6 +25,14 @@ async def _admin(statement: str) -> None:
         await conn.execute(statement)
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def no_retry_waits() -> Iterator[None]:
+    """stamina's test mode: retries happen at once (ours too: ``resilience.retry`` skips its own
+    first wait in it). Use with ``pytestmark = pytest.mark.usefixtures("no_retry_waits")``."""
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield
 
 
 @pytest.fixture

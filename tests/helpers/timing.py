@@ -170,12 +170,23 @@ async def promptly(awaitable: Awaitable[T], bound: float, *, what: str = "") -> 
     return result
 
 
+class Ticks:
+    """A monotonic clock (``now`` for the resilience pieces) that moves only when ``t`` is moved."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
 __all__ = [
     "POLL",
     "PROCESS_POLL",
     "PROCESS_TIMEOUT",
     "SCALE",
     "TIMEOUT",
+    "Ticks",
     "eventually",
     "eventually_sync",
     "promptly",

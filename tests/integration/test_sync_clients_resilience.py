@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import pytest
-import stamina
 
 from ordermesh.client import OrdermeshClient, SyncOrdersGrpcClient
 from ordermesh.errors import DomainError, InfrastructureError
 from ordermesh.resilience import CircuitOpen, Guard, Policy, RetryPolicy
 from tests.helpers import free_port
+
+pytestmark = pytest.mark.usefixtures("no_retry_waits")
 
 
 class Script(http.server.BaseHTTPRequestHandler):
@@ -36,12 +37,6 @@ class Script(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
-
-
-@pytest.fixture(autouse=True)
-def no_waiting() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=100, cap=True):
-        yield
 
 
 @pytest.fixture

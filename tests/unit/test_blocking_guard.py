@@ -5,11 +5,10 @@ exact bulkhead count). Injected clocks; stamina's test mode for the waits."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import stamina
 
 from ordermesh.clock import FakeClock
 from ordermesh.errors import InfrastructureError, NotFound
@@ -22,20 +21,9 @@ from ordermesh.resilience import (
     RetryPolicy,
     deadline,
 )
+from tests.helpers import Ticks
 
-
-class Ticks:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture(autouse=True)
-def no_waiting() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=100, cap=True):
-        yield
+pytestmark = pytest.mark.usefixtures("no_retry_waits")
 
 
 def failing(times: int, exc: Exception) -> tuple[list[float], Callable[[float], str]]:

@@ -5,10 +5,8 @@ clocks, with stamina's test mode for the waits."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
-import stamina
 
 from ordermesh.clock import FakeClock
 from ordermesh.errors import DomainError, IdempotencyKeyInUse, InfrastructureError, NotFound, ValidationError
@@ -24,22 +22,9 @@ from ordermesh.resilience import (
     deadline,
     retryable,
 )
+from tests.helpers import Ticks
 
-
-class Ticks:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture(autouse=True)
-def no_waiting() -> Iterator[None]:
-    with stamina.set_testing(True, attempts=100, cap=True):
-        yield
+pytestmark = pytest.mark.usefixtures("no_retry_waits")
 
 
 class Flaky:
