@@ -32,7 +32,6 @@ app = typer.Typer(
     help="ordermesh: order processing over REST, gRPC, messages, events and sagas.", no_args_is_help=True
 )
 app.add_typer(orders_cli.order_app, name="order")
-app.command("events")(orders_cli.events)
 app.add_typer(orders_cli.projections_app, name="projections")
 app.add_typer(saga_cli.app, name="saga")
 app.add_typer(outbox_cli.app, name="outbox")
@@ -44,7 +43,6 @@ app.add_typer(payments_cli.app, name="payments")
 app.add_typer(inventory_cli.app, name="stock")
 app.add_typer(shipping_cli.app, name="shipments")
 app.add_typer(faults_cli.app, name="faults")
-app.command("breakers")(breakers_cli.breakers)
 
 
 @app.command()
@@ -143,6 +141,11 @@ def demo(
     from ordermesh.demo import run_demo
 
     raise typer.Exit(run(run_demo(as_running(_settings()), orders, url, timeout, console)))
+
+
+# After the commands above, so `ordermesh --help` lists them where they always stood.
+app.command("events")(orders_cli.events)
+app.command("breakers")(breakers_cli.breakers)
 
 
 @app.command()
