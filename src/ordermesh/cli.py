@@ -1,5 +1,5 @@
 """The ``ordermesh`` command: run the system, mint dev tokens, and every operator command, each
-group from the package it operates (``services.*.cli``, ``kit.*_cli``).
+group from the package it operates (``services.*.cli``, ``kit.*_cli``, ``dlq_cli``).
 
 Order, projection, saga, outbox, payment, stock and shipment commands work directly on the
 service's own database, like an operator's console: no server needs to be running.
@@ -13,11 +13,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ordermesh import catalog
+from ordermesh import catalog, dlq_cli
 from ordermesh.auth import Tokens
 from ordermesh.config import ServiceName, redact_urls
 from ordermesh.errors import OrdermeshError, ValidationError
-from ordermesh.kit import breakers_cli, dlq_cli, faults_cli
+from ordermesh.kit import breakers_cli, faults_cli
 from ordermesh.kit.console import JsonFlag, console, fail, print_json, run
 from ordermesh.kit.console import settings as _settings
 from ordermesh.kit.running import as_running
@@ -36,7 +36,6 @@ app.add_typer(orders_cli.projections_app, name="projections")
 app.add_typer(saga_cli.app, name="saga")
 app.add_typer(outbox_cli.app, name="outbox")
 app.add_typer(dlq_cli.app, name="dlq")
-dlq_cli.set_known_queues(catalog.consumer_queues)
 app.add_typer(mail_cli.app, name="mail")
 # Each service's operator commands live with the service, on its own database.
 app.add_typer(payments_cli.app, name="payments")

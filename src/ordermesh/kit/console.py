@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import orjson
 import typer
@@ -22,6 +22,9 @@ from rich.markup import escape
 from ordermesh.config import Settings, load, redact_urls
 from ordermesh.db import SqlDb, connect
 from ordermesh.errors import ConfigError, OrdermeshError, ValidationError
+
+if TYPE_CHECKING:
+    from ordermesh.messaging.port import Broker
 
 T = TypeVar("T")
 
@@ -75,4 +78,25 @@ def on_database(service: str, work: Callable[[SqlDb], Awaitable[T]]) -> T:
     return run(main())
 
 
-__all__ = ["JsonFlag", "console", "errors", "fail", "on_database", "print_json", "run", "settings"]
+async def open_configured_broker() -> Broker:
+    """The broker of ``ORDERMESH_BROKER_URL``; a malformed URL is a usage error, not a traceback."""
+    from ordermesh.messaging import open_broker  # here: most commands never open a broker
+
+    url = settings().effective_broker_url
+    try:
+        return await open_broker(url)
+    except ValueError as exc:
+        fail(ConfigError(f"ORDERMESH_BROKER_URL: {exc}", "ORDERMESH_BROKER_URL"))
+
+
+__all__ = [
+    "JsonFlag",
+    "console",
+    "errors",
+    "fail",
+    "on_database",
+    "open_configured_broker",
+    "print_json",
+    "run",
+    "settings",
+]

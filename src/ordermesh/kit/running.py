@@ -22,9 +22,11 @@ from ordermesh.config import Settings
 FILE = "up.json"
 
 
+ADDRESSES = ("http_host", *(name for name in Settings.model_fields if name.endswith("_port")))
+
+
 def _addresses(settings: Settings) -> dict[str, Any]:
-    fields = [name for name in Settings.model_fields if name.endswith("_port")]
-    return {"http_host": settings.http_host, **{name: getattr(settings, name) for name in fields}}
+    return {name: getattr(settings, name) for name in ADDRESSES}
 
 
 @contextlib.contextmanager
@@ -59,8 +61,8 @@ def as_running(settings: Settings) -> Settings:
         return settings
     if not _alive(pid):
         return settings
-    known = {k: v for k, v in addresses.items() if k in _addresses(settings)}
+    known = {k: v for k, v in addresses.items() if k in ADDRESSES}
     return settings.model_copy(update=known)
 
 
-__all__ = ["FILE", "as_running", "recorded"]
+__all__ = ["ADDRESSES", "FILE", "as_running", "recorded"]

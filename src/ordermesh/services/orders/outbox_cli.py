@@ -6,8 +6,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from ordermesh.kit.console import JsonFlag, console, print_json
-from ordermesh.kit.dlq_cli import open_configured_broker
+from ordermesh.kit.console import JsonFlag, console, open_configured_broker, print_json
 from ordermesh.services.orders.cli import run_on_orders
 from ordermesh.services.orders.runtime import OrderSystem
 

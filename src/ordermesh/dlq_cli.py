@@ -1,36 +1,25 @@
 """``ordermesh dlq list|show|replay``: dead letters on the configured broker (embedded or RabbitMQ),
-with the reason each one died, and sending them back to the queue they died in."""
+with the reason each one died, and sending them back to the queue they died in. With no queue
+named, every queue a service of the catalog consumes (``catalog.consumer_queues``): a composition
+root beside ``cli``, since the kit below cannot see the services."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
 
-from ordermesh.errors import ConfigError, NotFound
-from ordermesh.kit.console import JsonFlag, console, fail, print_json, run, settings
+from ordermesh import catalog
+from ordermesh.errors import NotFound
+from ordermesh.kit.console import JsonFlag, console, fail, open_configured_broker, print_json, run
 
 if TYPE_CHECKING:
     from ordermesh.messaging.port import Broker, DeadLetter
 
 app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
 T = TypeVar("T")
-
-
-def known_queues() -> list[str]:
-    """The queues ``dlq list`` and ``dlq show`` look in when none is named: every service's
-    (``set_known_queues``; the command's root gives the catalog's, which this layer cannot see)."""
-    return list(_known())
-
-
-def set_known_queues(source: Callable[[], Sequence[str]]) -> None:
-    global _known
-    _known = source
-
-
-_known: Callable[[], Sequence[str]] = list
 
 
 def _with_broker(work: Callable[[Broker], Awaitable[T]]) -> T:
@@ -48,7 +37,7 @@ def _with_broker(work: Callable[[Broker], Awaitable[T]]) -> T:
 
 async def _letters(broker: Broker, queue: str | None) -> list[DeadLetter]:
     letters: list[DeadLetter] = []
-    for name in [queue] if queue else known_queues():
+    for name in [queue] if queue else catalog.consumer_queues():
         letters += await broker.dead_letters(name)
     return letters
 
@@ -136,15 +125,4 @@ def dlq_replay(
     console.print(f"replayed {count} dead letter(s)")
 
 
-async def open_configured_broker() -> Broker:
-    """The broker of ``ORDERMESH_BROKER_URL``; a malformed URL is a usage error, not a traceback."""
-    from ordermesh.messaging import open_broker
-
-    url = settings().effective_broker_url
-    try:
-        return await open_broker(url)
-    except ValueError as exc:
-        fail(ConfigError(f"ORDERMESH_BROKER_URL: {exc}", "ORDERMESH_BROKER_URL"))
-
-
-__all__ = ["app", "known_queues", "open_configured_broker", "set_known_queues"]
+__all__ = ["app"]
