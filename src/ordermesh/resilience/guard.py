@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from ordermesh.clock import Clock
@@ -200,31 +201,30 @@ class Guard:
             self.budget.on_call()
         breaker, guarded = self.breaker, policy.enabled
 
-        def once() -> T:
+        def locked(action: Callable[[], None]) -> None:
+            with lock:
+                action()
+
+        def bare() -> T:
+            return attempt(self._left(end))
+
+        def through_breaker() -> T:
             left = self._left(end)
-            if guarded:
-                with lock:
-                    breaker.before_call()
+            locked(breaker.before_call)
             try:
                 result = attempt(left)
             except Exception as exc:
-                if guarded:
-                    with lock:
-                        breaker.on_failure(exc)
+                locked(partial(breaker.on_failure, exc))
                 raise
             except BaseException:
-                if guarded:
-                    with lock:
-                        breaker.on_cancelled()
+                locked(breaker.on_cancelled)
                 raise
-            if guarded:
-                with lock:
-                    breaker.on_success()
+            locked(breaker.on_success)
             return result
 
+        once = through_breaker if guarded else bare
         if guarded:
-            with lock:
-                self.bulkhead.enter()
+            locked(self.bulkhead.enter)
         try:
             try:
                 return once()
@@ -243,8 +243,7 @@ class Guard:
                 )
         finally:
             if guarded:
-                with lock:
-                    self.bulkhead.leave()
+                locked(self.bulkhead.leave)
 
     def snapshot(self) -> dict[str, Any]:
         """What ``ordermesh breakers`` and ``/metrics`` show."""
